@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny synthetic corpus, its records, a trained run, and the real recordings.
+
+The CPU is split into 2 logical devices before TensorFlow starts, so MirroredStrategy runs
+with 2 replicas in every test, as ``train.py --strategy mirrored`` does on a CPU machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+import tensorflow as tf
+
+from tfbird import config
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_AUDIO = REPO.parent / "shared" / "audio"
+SHARED_AUDIO_REASON = (f"real recordings not found at {SHARED_AUDIO} (the folder beside the "
+                       "checkout that holds shared/audio/MANIFEST.csv)")
+
+
+def shared_recordings() -> list[dict]:
+    """Rows of ``shared/audio/MANIFEST.csv`` with an absolute ``path``; [] when absent."""
+    manifest = SHARED_AUDIO / "MANIFEST.csv"
+    if not manifest.is_file():
+        return []
+    with manifest.open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return [dict(row, path=str(SHARED_AUDIO / row["local_file"])) for row in rows]
+
+
+requires_shared_audio = pytest.mark.skipif(not shared_recordings(), reason=SHARED_AUDIO_REASON)
+
+
+def tiny_config(tmp_path: Path, **sections) -> config.Config:
+    """A config sized for tests: 2 species, short recordings, a 32x32 ResNet input."""
+    raw = {
+        "data": {"path": str(tmp_path / "corpus"), "records": str(tmp_path / "records"),
+                 "validation_fraction": 0.34, "files_per_shard": 2, "synthetic": True},
+        "synth": {"num_species": 2, "recordings_per_species": 3, "min_duration_s": 6.0,
+                  "max_duration_s": 11.0, "secondary_fraction": 0.34, "seed": 1},
+        "model": {"image_size": [32, 32], "dropout": 0.0},
+        "train": {"epochs": 1, "global_batch_size": 4, "runs_dir": str(tmp_path / "runs"),
+                  "warmup_epochs": 0.0},
+        "export": {"exports_dir": str(tmp_path / "exports")},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return config.from_dict(raw).validate()
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_workspace) -> config.Config:
+    return tiny_config(tiny_workspace)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tiny_cfg) -> Path:
+    from tfbird import synth
+
+    synth.synthesize_corpus(tiny_cfg.data.path, tiny_cfg.synth, progress=False)
+    return Path(tiny_cfg.data.path)
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tiny_cfg, tiny_corpus) -> Path:
+    from tfbird import ingest
+
+    ingest.ingest(tiny_cfg, tiny_corpus, tiny_cfg.data.records, progress=False)
+    return Path(tiny_cfg.data.records)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_cfg, tiny_records) -> Path:
+    """One epoch under MirroredStrategy with 2 replicas on the tiny records."""
+    from tfbird import training
+
+    cfg = config.from_dict({**config.to_dict(tiny_cfg),
+                            "train": {**config.to_dict(tiny_cfg)["train"],
+                                      "strategy": "mirrored"}}).validate()
+    run_dir, _ = training.train(cfg, tiny_records, progress=False)
+    return run_dir

@@ -1,0 +1,72 @@
+"""Config loading: YAML sections, --set overrides, and clear errors for bad keys and types."""
+
+import pytest
+
+from tfbird import config
+
+REPO_CONFIGS = config.Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_demo_config_loads_with_its_values():
+    cfg = config.load(REPO_CONFIGS / "demo.yaml")
+    assert cfg.audio.sample_rate_hz == 32000
+    assert cfg.audio.window_samples == 160000
+    assert cfg.model.image_size == (128, 64)
+    assert cfg.data.synthetic is True
+
+
+def test_birdclef_config_loads():
+    cfg = config.load(REPO_CONFIGS / "birdclef.yaml")
+    assert cfg.model.image_size == (224, 224)
+    assert cfg.data.synthetic is False
+
+
+def test_overrides_are_parsed_as_yaml_and_typed():
+    cfg = config.load(None, ["train.epochs=3", "model.image_size=[64, 32]",
+                             "frontend.top_db=null", "train.learning_rate=1"])
+    assert cfg.train.epochs == 3
+    assert cfg.model.image_size == (64, 32)
+    assert cfg.frontend.top_db is None
+    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ValueError, match=r"train\.epoch\b.*Received: train\.epoch=3"):
+        config.load(None, ["train.epoch=3"])
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ValueError, match="Unknown config section 'trian'"):
+        config.from_dict({"trian": {"epochs": 1}})
+
+
+@pytest.mark.parametrize("override, name", [
+    ("train.epochs=three", "train.epochs"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("train.epochs=true", "train.epochs"),
+    ("model.image_size=[64]", "model.image_size"),
+    ("audio.window_s=abc", "audio.window_s"),
+])
+def test_wrong_type_is_named(override, name):
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        config.load(None, [override])
+
+
+def test_out_of_range_value_is_named():
+    with pytest.raises(ValueError, match=r"Received: train.strategy='tpu'"):
+        config.load(None, ["train.strategy=tpu"])
+    with pytest.raises(ValueError, match="frontend.fmax_hz"):
+        config.load(None, ["frontend.fmax_hz=20000"])
+
+
+def test_malformed_override_and_missing_file():
+    with pytest.raises(ValueError, match="section.key=value"):
+        config.load(None, ["epochs=3"])
+    with pytest.raises(ValueError, match="Config file not found"):
+        config.load("no/such.yaml")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = config.load(REPO_CONFIGS / "demo.yaml", ["train.epochs=5"])
+    config.save(cfg, tmp_path / "config.yaml")
+    assert config.load(tmp_path / "config.yaml") == cfg

@@ -1,0 +1,38 @@
+"""Competition metrics against values worked out by hand."""
+
+import numpy as np
+import pytest
+
+from tfbird import metrics
+
+
+def test_macro_roc_auc_skips_classes_without_positives():
+    y_true = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]])
+    # Class 0 perfectly ranked (AUC 1), class 1 inverted (AUC 0), class 2 has no positive.
+    y_score = np.array([[0.9, 0.9, 0.1], [0.1, 0.1, 0.9], [0.8, 0.8, 0.2], [0.2, 0.2, 0.3]])
+    assert metrics.macro_roc_auc(y_true, y_score) == pytest.approx(0.5)
+
+
+def test_padded_cmap_matches_hand_computation():
+    y_true = np.array([[1, 0], [0, 1], [0, 0]])
+    y_score = np.array([[0.2, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    # With 5 padding rows (all positive, score 1) per class:
+    # class 0: positives 5 pads (score 1) + row0 (0.2, ranked after row1 0.6 negative)
+    #   precision at each positive: pads 1..5 -> 1, row0 at rank 7 -> 6/7; AP = (5 + 6/7) / 6
+    # class 1: row1 (0.4) ranked after row2 (0.9, negative) and row0 (0.7, negative):
+    #   pads -> 1, row1 at rank 8 -> 6/8; AP = (5 + 6/8) / 6
+    expected = ((5 + 6 / 7) / 6 + (5 + 6 / 8) / 6) / 2
+    assert metrics.padded_cmap(y_true, y_score) == pytest.approx(expected)
+
+
+def test_row_f1_counts_empty_rows_as_correct():
+    y_true = np.array([[1, 1, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]])
+    y_score = np.array([[0.9, 0.1, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.7], [0.6, 0.0, 0.0]])
+    # Rows: F1 = 2*1/(2+1) = 2/3; empty==empty -> 1; exact -> 1; predicted where none -> 0.
+    assert metrics.row_f1(y_true, y_score) == pytest.approx((2 / 3 + 1 + 1 + 0) / 4)
+
+
+def test_validation_metrics_keys_and_perfect_scores():
+    y_true = np.eye(3)
+    scores = metrics.validation_metrics(y_true, y_true * 0.8 + 0.1)
+    assert scores == {"macro_roc_auc": 1.0, "padded_cmap": 1.0, "row_f1": 1.0}

@@ -1,0 +1,56 @@
+"""The ResNet50 classifier: shapes, logits, weights from a file, and the offline ImageNet error."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfbird import model as model_lib
+from tfbird.config import ModelConfig
+
+
+def test_classifier_outputs_one_logit_per_class_at_the_configured_image_size():
+    classifier = model_lib.build_classifier(ModelConfig(image_size=(32, 64), dropout=0.1),
+                                            num_classes=3, input_shape=(101, 40))
+    assert classifier.input_shape == (None, 101, 40)
+    assert classifier.output_shape == (None, 3)
+    assert classifier.get_layer("resnet50").input_shape == (None, 32, 64, 3)
+    assert classifier.get_layer("logits").activation is keras.activations.linear
+    assert classifier.get_layer("logits").dtype_policy.compute_dtype == "float32"
+    logits = classifier(np.random.default_rng(0).normal(size=(2, 101, 40)).astype("float32"))
+    assert logits.shape == (2, 3)
+    assert np.all(np.isfinite(logits))
+
+
+def test_input_is_standardised_so_gain_does_not_matter():
+    classifier = model_lib.build_classifier(ModelConfig(image_size=(32, 32)), 2, (40, 32))
+    x = np.random.default_rng(1).normal(size=(1, 40, 32)).astype("float32")
+    np.testing.assert_allclose(classifier(x - 30.0), classifier(x), atol=1e-4)
+
+
+def test_weights_from_a_file(tmp_path):
+    backbone = keras.applications.ResNet50(include_top=False, weights=None,
+                                           input_shape=(32, 32, 3), pooling="avg")
+    path = tmp_path / "resnet50_notop.weights.h5"
+    backbone.save_weights(path)
+    classifier = model_lib.build_classifier(ModelConfig(weights=str(path), image_size=(32, 32)),
+                                            2, (40, 32))
+    for loaded, saved in zip(classifier.get_layer("resnet50").weights, backbone.weights):
+        np.testing.assert_array_equal(loaded.numpy(), saved.numpy())
+
+
+def test_bad_weights_value_is_named():
+    with pytest.raises(ValueError, match="Received: weights='no/such/file.h5'"):
+        model_lib.build_backbone("no/such/file.h5", (32, 32, 3))
+
+
+def test_imagenet_offline_names_the_local_file_alternative(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.src.applications.resnet.file_utils, "get_file", offline)
+    with pytest.raises(ValueError) as error:
+        model_lib.build_backbone("imagenet", (32, 32, 3))
+    message = str(error.value)
+    assert "--weights PATH" in message
+    assert model_lib.IMAGENET_NOTOP_FILE in message
+    assert "URL fetch failure" in message

@@ -1,0 +1,90 @@
+"""Decoding and resampling match librosa.load; windows follow the padding rules; bad files
+raise errors that name them."""
+
+import librosa
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import requires_shared_audio, shared_recordings
+from tfbird.config import AudioConfig
+from tfbird.waveform import AudioDecodeError, cut_windows, decode_for_pipeline, load_waveform
+
+SR = 32000
+
+
+def write_tone(path, seconds, sr, channels=1, subtype=None):
+    t = np.arange(int(seconds * sr)) / sr
+    mono = 0.3 * np.sin(2 * np.pi * 440 * t)
+    audio = np.stack([mono * (c + 1) / channels for c in range(channels)], axis=1)
+    soundfile.write(path, audio, sr, subtype=subtype)
+    return path
+
+
+@pytest.mark.parametrize("sr, channels, suffix", [
+    (16000, 1, "wav"), (22050, 2, "flac"), (44100, 1, "ogg"), (48000, 2, "wav"), (32000, 1, "flac"),
+])
+def test_decode_resample_downmix_match_librosa(tmp_path, sr, channels, suffix):
+    path = write_tone(tmp_path / f"tone.{suffix}", 1.3, sr, channels)
+    ours = load_waveform(path, SR)
+    ref, _ = librosa.load(path, sr=SR, mono=True)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+@requires_shared_audio
+def test_real_recordings_have_their_manifest_durations():
+    for row in shared_recordings():
+        waveform = load_waveform(row["path"], SR)
+        assert abs(len(waveform) / SR - float(row["duration_s"])) < 0.06, row["local_file"]
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(AudioDecodeError, match="file missing: .*nothing.wav"):
+        load_waveform(tmp_path / "nothing.wav", SR)
+    garbage = tmp_path / "garbage.ogg"
+    garbage.write_bytes(b"this is not audio" * 10)
+    with pytest.raises(AudioDecodeError, match="unreadable: .*garbage.ogg"):
+        load_waveform(garbage, SR)
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros((0, 1)), SR)
+    with pytest.raises(AudioDecodeError, match="empty: .*empty.wav"):
+        load_waveform(empty, SR)
+    nan = tmp_path / "nan.wav"
+    soundfile.write(nan, np.full(100, np.nan), SR, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match="non-finite.*nan.wav"):
+        load_waveform(nan, SR)
+
+
+def test_decode_for_pipeline_reports_instead_of_raising(tmp_path):
+    waveform, error = decode_for_pipeline(str(tmp_path / "x.mp3").encode(), SR)
+    assert waveform.shape == (1,) and b"file missing" in error
+    path = write_tone(tmp_path / "ok.wav", 0.5, SR)
+    waveform, error = decode_for_pipeline(str(path).encode(), SR)
+    assert error == b"" and waveform.shape == (16000,)
+
+
+@pytest.mark.parametrize("seconds, expected_starts", [
+    (12.0, [0.0, 5.0]),        # tail 2 s < 50% of a window: dropped
+    (13.0, [0.0, 5.0, 10.0]),  # tail 3 s >= 50%: kept, zero-padded
+    (10.0, [0.0, 5.0]),
+    (0.1, [0.0]),              # a short recording still gives its one window
+])
+def test_window_counts_and_starts(seconds, expected_starts):
+    audio = AudioConfig()
+    waveform = np.ones(int(seconds * SR), np.float32)
+    windows, starts = cut_windows(waveform, audio)
+    assert windows.shape == (len(expected_starts), 160000)
+    np.testing.assert_allclose(starts.numpy(), expected_starts)
+    real = int(seconds * SR) - int(expected_starts[-1] * SR)
+    assert windows.numpy()[-1, :real].min() == 1.0
+    assert np.all(windows.numpy()[-1, real:] == 0.0)
+
+
+def test_overlapping_windows_and_repeat_padding():
+    audio = AudioConfig(window_s=1.0, hop_s=0.5, pad_mode="repeat", min_window_fraction=0.0,
+                        sample_rate_hz=4)
+    waveform = np.arange(6, dtype=np.float32)  # 1.5 s at 4 Hz
+    windows, starts = cut_windows(waveform, audio)
+    np.testing.assert_allclose(starts.numpy(), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(windows.numpy(), [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 0, 1]])

@@ -1,0 +1,5 @@
+import sys
+
+from tfbird.cli import main
+
+sys.exit(main())

@@ -1,0 +1,384 @@
+"""Frozen configuration dataclasses, loaded from YAML and overridden from the command line.
+
+A config file has one section per dataclass (``audio``, ``frontend``, ``data``, ``synth``,
+``model``, ``train``, ``export``). Every key is optional: a missing key keeps the default
+written here. A key that is unknown or whose value has the wrong type raises ``ValueError``
+naming it, so a typo never silently falls back to a default.
+
+Example:
+    >>> cfg = load("configs/demo.yaml", overrides=["train.epochs=2"])
+    >>> cfg.train.epochs
+    2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """How recordings become fixed-length windows.
+
+    Attributes:
+        sample_rate_hz: every recording is resampled to this rate (Hz).
+        window_s: length of one model input window, in seconds.
+        hop_s: step between consecutive windows of a recording, in seconds
+            (equal to ``window_s`` means no overlap).
+        pad_mode: how a window running past the end of a recording is filled:
+            ``"zeros"`` or ``"repeat"`` (the recording is tiled).
+        min_window_fraction: a tail window whose real audio covers less than this
+            fraction of ``window_s`` is dropped; a recording's first window is always kept.
+    """
+
+    sample_rate_hz: int = 32000
+    window_s: float = 5.0
+    hop_s: float = 5.0
+    pad_mode: str = "zeros"
+    min_window_fraction: float = 0.5
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate_hz))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop_s * self.sample_rate_hz))
+
+    def validate(self) -> None:
+        _require(self.sample_rate_hz >= 1000, "audio.sample_rate_hz", self.sample_rate_hz)
+        _require(self.window_s > 0, "audio.window_s", self.window_s)
+        _require(0 < self.hop_s, "audio.hop_s", self.hop_s)
+        _require(self.pad_mode in ("zeros", "repeat"), "audio.pad_mode", self.pad_mode)
+        _require(0.0 <= self.min_window_fraction <= 1.0, "audio.min_window_fraction",
+                 self.min_window_fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+    """Log-mel spectrogram parameters (librosa's names and meanings).
+
+    Attributes:
+        n_fft: FFT size and Hann window length, in samples.
+        hop_length: step between STFT frames, in samples.
+        n_mels: number of mel bands.
+        fmin_hz: lowest mel band edge (Hz).
+        fmax_hz: highest mel band edge (Hz); at most half the sample rate.
+        power: exponent of the magnitude spectrogram (2 = power).
+        amin: floor applied before the logarithm (as ``librosa.power_to_db``).
+        top_db: dynamic range kept below each window's maximum, in dB; ``None`` keeps all.
+    """
+
+    n_fft: int = 1024
+    hop_length: int = 320
+    n_mels: int = 128
+    fmin_hz: float = 20.0
+    fmax_hz: float = 16000.0
+    power: float = 2.0
+    amin: float = 1e-10
+    top_db: float | None = 80.0
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of a centred STFT over ``num_samples`` samples (as librosa, ``center=True``)."""
+        return 1 + num_samples // self.hop_length
+
+    def validate(self, sample_rate_hz: int) -> None:
+        _require(self.n_fft >= 16, "frontend.n_fft", self.n_fft)
+        _require(0 < self.hop_length <= self.n_fft, "frontend.hop_length", self.hop_length)
+        _require(self.n_mels >= 1, "frontend.n_mels", self.n_mels)
+        _require(0 <= self.fmin_hz < self.fmax_hz, "frontend.fmin_hz", self.fmin_hz)
+        _require(self.fmax_hz <= sample_rate_hz / 2, "frontend.fmax_hz", self.fmax_hz)
+        _require(self.power > 0, "frontend.power", self.power)
+        _require(self.amin > 0, "frontend.amin", self.amin)
+        _require(self.top_db is None or self.top_db > 0, "frontend.top_db", self.top_db)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where recordings come from and how records are written and read.
+
+    Attributes:
+        path: the data set: a folder (BirdCLEF layout with ``train_metadata.csv``) or a CSV.
+        synthetic: ``path`` is tfbird's synthetic corpus (``synth`` section), generated there
+            by ``train`` when it is not on disk yet (the demo).
+        records: folder of TFRecord shards and ``manifest.json`` written by ingest.
+        validation_fraction: share of recordings (not windows) held out for validation.
+        files_per_shard: recordings per TFRecord shard (a shard holds all their windows).
+        shuffle_buffer_size: examples in the training shuffle buffer.
+        max_failures: ingest exits non-zero when more files than this fail; a value
+            below 1 is a fraction of the files.
+        seed: seed of the train/validation split.
+    """
+
+    path: str = "data/demo"
+    synthetic: bool = False
+    records: str = "records/demo"
+    validation_fraction: float = 0.2
+    files_per_shard: int = 64
+    shuffle_buffer_size: int = 2048
+    max_failures: float = 0.1
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(0.0 < self.validation_fraction < 1.0, "data.validation_fraction",
+                 self.validation_fraction)
+        _require(self.files_per_shard >= 1, "data.files_per_shard", self.files_per_shard)
+        _require(self.shuffle_buffer_size >= 1, "data.shuffle_buffer_size",
+                 self.shuffle_buffer_size)
+        _require(self.max_failures >= 0, "data.max_failures", self.max_failures)
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic bird-call corpus used by the demo and the tests.
+
+    Attributes:
+        num_species: number of synthetic species (``sp00``, ``sp01``, ...).
+        recordings_per_species: recordings whose primary label is each species.
+        min_duration_s: shortest recording, in seconds.
+        max_duration_s: longest recording, in seconds.
+        secondary_fraction: share of recordings that also carry a second species.
+        snr_db_min: lowest call-to-background SNR, in dB.
+        snr_db_max: highest call-to-background SNR, in dB.
+        seed: everything generated follows from this seed.
+    """
+
+    num_species: int = 10
+    recordings_per_species: int = 20
+    min_duration_s: float = 10.0
+    max_duration_s: float = 30.0
+    secondary_fraction: float = 0.25
+    snr_db_min: float = -5.0
+    snr_db_max: float = 20.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(1 <= self.num_species <= 100, "synth.num_species", self.num_species)
+        _require(self.recordings_per_species >= 1, "synth.recordings_per_species",
+                 self.recordings_per_species)
+        _require(0 < self.min_duration_s <= self.max_duration_s, "synth.min_duration_s",
+                 self.min_duration_s)
+        _require(0.0 <= self.secondary_fraction <= 1.0, "synth.secondary_fraction",
+                 self.secondary_fraction)
+        _require(self.snr_db_min <= self.snr_db_max, "synth.snr_db_min", self.snr_db_min)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The classifier: log-mel image -> ResNet50 -> pooled features -> logits.
+
+    Attributes:
+        weights: ``"none"`` (random init), ``"imagenet"`` (Keras' download), or a path to
+            ResNet50 ``include_top=False`` weights (``.h5``/``.weights.h5``).
+        image_size: ``[height, width]`` the log-mel ``[frames, mels]`` is resized to before
+            the backbone, or ``None`` to feed it at its own size. ``[224, 224]`` is the
+            classic ImageNet size.
+        dropout: dropout rate before the classification layer.
+    """
+
+    weights: str = "none"
+    image_size: tuple[int, int] | None = None
+    dropout: float = 0.2
+
+    def validate(self) -> None:
+        if self.image_size is not None:
+            _require(len(self.image_size) == 2 and min(self.image_size) >= 32,
+                     "model.image_size", self.image_size)
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and where runs go.
+
+    Attributes:
+        strategy: ``"default"`` (one device) or ``"mirrored"`` (all GPUs; on a CPU-only
+            machine the CPU is split into ``cpu_replicas`` logical devices).
+        cpu_replicas: logical CPU devices used by ``mirrored`` when there is no GPU.
+        epochs: passes over the training records.
+        global_batch_size: examples per step, summed over all replicas.
+        learning_rate: peak AdamW learning rate.
+        warmup_epochs: epochs of linear warmup before the cosine decay.
+        weight_decay: AdamW decoupled weight decay.
+        runs_dir: parent folder of the timestamped run folders.
+        seed: seed of weight initialisation, shuffling and dropout.
+    """
+
+    strategy: str = "default"
+    cpu_replicas: int = 2
+    epochs: int = 10
+    global_batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-4
+    runs_dir: str = "runs"
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(self.strategy in ("default", "mirrored"), "train.strategy", self.strategy)
+        _require(self.cpu_replicas >= 1, "train.cpu_replicas", self.cpu_replicas)
+        _require(self.epochs >= 1, "train.epochs", self.epochs)
+        _require(self.global_batch_size >= 1, "train.global_batch_size",
+                 self.global_batch_size)
+        _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate)
+        _require(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs)
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Where and how a trained model is exported.
+
+    Attributes:
+        model_name: folder name under ``exports_dir`` (the TF Serving model name).
+        exports_dir: parent folder of exported models.
+    """
+
+    model_name: str = "tfbird"
+    exports_dir: str = "exports"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    audio: AudioConfig = AudioConfig()
+    frontend: FrontendConfig = FrontendConfig()
+    data: DataConfig = DataConfig()
+    synth: SynthConfig = SynthConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+
+    def validate(self) -> "Config":
+        self.audio.validate()
+        self.frontend.validate(self.audio.sample_rate_hz)
+        self.data.validate()
+        self.synth.validate()
+        self.model.validate()
+        self.train.validate()
+        return self
+
+
+def _require(ok: bool, name: str, value) -> None:
+    if not ok:
+        raise ValueError(f"Invalid config value {name}. Received: {name}={value!r}")
+
+
+# --- Loading -------------------------------------------------------------------------------
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML config, applies ``KEY=VALUE`` overrides and validates the result.
+
+    Args:
+        path: YAML file with one mapping per section; ``None`` uses the defaults.
+        overrides: strings like ``"train.epochs=3"`` or ``"model.image_size=[128, 64]"``;
+            values are parsed as YAML.
+
+    Returns:
+        The validated, frozen ``Config``.
+
+    Raises:
+        ValueError: unknown section or key, value of the wrong type, or out of range.
+    """
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"Config file not found. Received: config={str(path)!r}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"A config file must hold a mapping of sections. Received: {path}")
+    for override in overrides:
+        key, value = parse_override(override)
+        section, _, field = key.partition(".")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ValueError(f"Config section {section!r} must be a mapping.")
+        raw[section][field] = value
+    return from_dict(raw).validate()
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """Splits ``"section.key=value"`` into the dotted key and the YAML-parsed value."""
+    key, sep, value = text.partition("=")
+    if not sep or key.count(".") != 1:
+        raise ValueError(
+            f"An override must look like section.key=value. Received: --set {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def from_dict(raw: dict) -> Config:
+    """Builds a ``Config`` from nested dicts, checking every key and type."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    kwargs = {}
+    for section, values in raw.items():
+        if section not in sections:
+            raise ValueError(
+                f"Unknown config section {section!r}; known: {sorted(sections)}. "
+                f"Received: {section}")
+        kwargs[section] = _build_section(section, sections[section].default.__class__, values or {})
+    return Config(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """The config as plain nested dicts and lists, ready for ``yaml.safe_dump``."""
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+    return {section: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, section)).items()}
+            for section in (f.name for f in dataclasses.fields(cfg))}
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _build_section(section: str, cls: type, values: dict):
+    if not isinstance(values, dict):
+        raise ValueError(f"Config section {section!r} must be a mapping. Received: {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(
+                f"Unknown config key {section}.{key}; known keys: {sorted(known)}. "
+                f"Received: {section}.{key}={value!r}")
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, hint, value):
+    """Returns ``value`` as type ``hint`` or raises a ``ValueError`` naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(name, option, value)
+            except ValueError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is tuple:
+        item_types = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ValueError(f"Config key {name} must be a list of {len(item_types)} values. "
+                             f"Received: {name}={value!r}")
+        return tuple(_coerce(name, t, v) for t, v in zip(item_types, value))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"Config key {name} must be of type {hint.__name__}. "
+                     f"Received: {name}={value!r}")

@@ -1,0 +1,94 @@
+"""The stages in order, as ``train.py`` runs them: corpus -> records -> trained run.
+
+``prepare_and_train`` generates the synthetic corpus when the config says the data set is
+synthetic and it is not on disk, ingests when the records are missing or were made with other
+settings, and trains. Each step prints what it reuses or writes.
+
+Example:
+    >>> run_dir, scores = prepare_and_train(config.load("configs/demo.yaml"))
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from tfbird import catalog, config, ingest, synth, training
+from tfbird.waveform import load_waveform
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+
+
+def prepare_and_train(cfg: config.Config, data_given: bool = False,
+                      run_dir: str | Path | None = None, reingest: bool = False,
+                      progress: bool = True) -> tuple[Path, dict]:
+    """Synthesises (if needed), ingests (if needed) and trains; returns the run and scores.
+
+    Args:
+        cfg: the resolved config.
+        data_given: the user named the data set; it is then never synthesised.
+        run_dir: run folder; default a new timestamped one.
+        reingest: rewrite the records even when they match.
+        progress: progress bars.
+    """
+    data = Path(cfg.data.path)
+    if cfg.data.synthetic and not data_given:
+        ensure_synthetic_corpus(data, cfg.synth, progress)
+    records_dir = Path(cfg.data.records)
+    if reingest or not records_match(records_dir, cfg):
+        log.info("Ingesting %s into %s", data, records_dir)
+        manifest = ingest.ingest(cfg, data, records_dir, progress=progress)
+    else:
+        manifest = ingest.read_manifest(records_dir)
+        log.info("Reusing the records in %s (same data and settings; --reingest rewrites)",
+                 records_dir)
+    log.info("Records: %s", {s: v["examples"] for s, v in manifest["splits"].items()})
+    return training.train(cfg, records_dir, run_dir=run_dir, progress=progress)
+
+
+def ensure_synthetic_corpus(data: Path, synth_cfg: config.SynthConfig, progress: bool) -> None:
+    if (data / catalog.BIRDCLEF_METADATA).is_file():
+        log.info("Using the synthetic corpus in %s", data)
+        return
+    log.info("Synthesising the demo corpus into %s", data)
+    synth.synthesize_corpus(data, synth_cfg, progress=progress)
+
+
+def records_match(records_dir: Path, cfg: config.Config) -> bool:
+    """True when ``records_dir`` was ingested from ``cfg.data.path`` with ``cfg``'s settings."""
+    try:
+        manifest = ingest.read_manifest(records_dir)
+    except ValueError:
+        return False
+    expected = ingest.build_manifest(cfg, cfg.data.path, manifest["labels"], {}, 0)
+    return all(manifest.get(key) == expected[key]
+               for key in ("schema_version", "source", "audio", "frontend", "feature", "split"))
+
+
+def check_windows(source: str | Path, audio: config.AudioConfig, count: int = 8) -> np.ndarray:
+    """``count`` windows ``[count, window_samples]`` from recordings under ``source``.
+
+    Takes the first window of each file in sorted order, cycling through the files again
+    (taking their next windows) until ``count`` windows are found; short files are zero-padded.
+    """
+    source = Path(source)
+    files = [source] if source.is_file() else sorted(
+        p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ValueError(f"No audio files to check the export with. Received: {str(source)!r}")
+    waveforms = [load_waveform(path, audio.sample_rate_hz) for path in files[:count]]
+    windows = []
+    offset = 0
+    while len(windows) < count:
+        for waveform in waveforms:
+            window = waveform[offset:offset + audio.window_samples]
+            if offset == 0 or len(window) == audio.window_samples:
+                windows.append(np.pad(window, (0, audio.window_samples - len(window))))
+            if len(windows) == count:
+                break
+        offset += audio.window_samples
+    return np.stack(windows).astype(np.float32)

@@ -1,0 +1,180 @@
+"""Training: strategy, model and optimiser in its scope, ``fit``, checkpoints, logs and scores.
+
+A run folder ``runs/<timestamp>/`` receives:
+
+- ``config.yaml`` (the resolved config) and ``labels.txt``;
+- ``checkpoints/last.keras`` (every epoch) and ``model.keras`` (the epoch with the best
+  validation ROC-AUC);
+- ``logs/`` for TensorBoard and ``training_log.csv`` (one row per epoch);
+- ``metrics.json``: ``macro_roc_auc``, ``padded_cmap`` and ``row_f1`` of ``model.keras`` on
+  the validation split.
+
+Example:
+    >>> run_dir, scores = train(cfg, records_dir="records/demo")
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfbird import config, dataset, labels as labels_lib, metrics
+from tfbird.ingest import read_manifest
+from tfbird.model import build_classifier
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+LABELS_FILE = "labels.txt"
+
+
+def make_strategy(train_cfg: config.TrainConfig) -> tf.distribute.Strategy:
+    """``default``: one device. ``mirrored``: every GPU, or without GPUs the CPU split into
+    ``train_cfg.cpu_replicas`` logical devices, so the mirrored code path really runs."""
+    if train_cfg.strategy == "default":
+        return tf.distribute.get_strategy()
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    devices = split_cpu(train_cfg.cpu_replicas)
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def split_cpu(num_devices: int) -> list[str]:
+    """Splits the physical CPU into ``num_devices`` logical devices; returns their names.
+
+    Must run before TensorFlow initialises its devices; if that already happened with enough
+    logical CPUs (a test session that split the CPU at start), those are used.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+    except RuntimeError:
+        pass  # Already initialised: use what is there, checked below.
+    names = [device.name for device in tf.config.list_logical_devices("CPU")]
+    if len(names) < num_devices:
+        raise ValueError(
+            f"Cannot split the CPU into {num_devices} devices after TensorFlow initialised "
+            f"with {len(names)}. Received: cpu_replicas={num_devices}")
+    return names[:num_devices]
+
+
+def make_run_dir(runs_dir: str | Path) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(runs_dir) / stamp
+    suffix = 1
+    while run_dir.exists():
+        run_dir = Path(runs_dir) / f"{stamp}-{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def build_optimizer(train_cfg: config.TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """AdamW with linear warmup then cosine decay; no weight decay on biases and norms."""
+    total_steps = train_cfg.epochs * steps_per_epoch
+    warmup_steps = min(int(train_cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=train_cfg.learning_rate / 100 if warmup_steps else train_cfg.learning_rate,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        warmup_target=train_cfg.learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps, alpha=0.01)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule,
+                                       weight_decay=train_cfg.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | None = None,
+          progress: bool = True) -> tuple[Path, dict]:
+    """Trains on ``records_dir`` and scores the best checkpoint on the validation split.
+
+    Args:
+        cfg: model and training settings (``cfg.train.strategy`` picks the strategy).
+        records_dir: output of ``tfbird ingest`` (shards + ``manifest.json``).
+        run_dir: where to write the run; default ``<train.runs_dir>/<timestamp>``.
+        progress: Keras progress bars.
+
+    Returns:
+        ``(run_dir, scores)`` with the scores also in ``run_dir/metrics.json``.
+    """
+    manifest = read_manifest(records_dir)
+    labels = manifest["labels"]
+    strategy = make_strategy(cfg.train)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.train.global_batch_size % replicas:
+        raise ValueError(
+            f"train.global_batch_size must be divisible by the {replicas} replicas. "
+            f"Received: global_batch_size={cfg.train.global_batch_size}")
+    train_examples = manifest["splits"]["train"]["examples"]
+    steps_per_epoch = train_examples // cfg.train.global_batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"Fewer training examples ({train_examples}) than one global batch. "
+            f"Received: global_batch_size={cfg.train.global_batch_size}")
+
+    run_dir = Path(run_dir) if run_dir else make_run_dir(cfg.train.runs_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, run_dir / CONFIG_FILE)
+    labels_lib.write_labels(labels, run_dir / LABELS_FILE)
+    keras.utils.set_random_seed(cfg.train.seed)
+    log.info("Training on %d replica(s) (%s), %d steps per epoch, run folder %s",
+             replicas, type(strategy).__name__, steps_per_epoch, run_dir)
+
+    with strategy.scope():
+        model = build_classifier(cfg.model, len(labels), tuple(manifest["feature"]["shape"]))
+        model.compile(
+            optimizer=build_optimizer(cfg.train, steps_per_epoch),
+            loss=keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[keras.metrics.AUC(multi_label=True, from_logits=True, name="roc_auc")])
+
+    read = dict(records_dir=records_dir, manifest=manifest,
+                global_batch_size=cfg.train.global_batch_size, seed=cfg.train.seed,
+                shuffle_buffer_size=cfg.data.shuffle_buffer_size)
+    train_data = dataset.distributed_dataset(strategy, split="train", training=True, **read)
+    valid_data = dataset.distributed_dataset(strategy, split="valid", training=False, **read)
+    model.fit(train_data, validation_data=valid_data, epochs=cfg.train.epochs,
+              steps_per_epoch=steps_per_epoch, callbacks=training_callbacks(run_dir),
+              verbose=1 if progress else 2)
+
+    best = keras.models.load_model(run_dir / MODEL_FILE)
+    scores = evaluate(best, records_dir, manifest, cfg.train.global_batch_size)
+    (run_dir / METRICS_FILE).write_text(json.dumps(scores, indent=2))
+    return run_dir, scores
+
+
+def training_callbacks(run_dir: Path) -> list[keras.callbacks.Callback]:
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    return [
+        keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras"),
+        keras.callbacks.ModelCheckpoint(run_dir / MODEL_FILE, monitor="val_roc_auc",
+                                        mode="max", save_best_only=True),
+        keras.callbacks.CSVLogger(run_dir / "training_log.csv"),
+        keras.callbacks.TensorBoard(log_dir=run_dir / "logs", profile_batch=0),
+    ]
+
+
+def predict_split(model: keras.Model, records_dir: str | Path, manifest: dict, split: str,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, probabilities)`` of every example of a split, in record order."""
+    data = dataset.make_dataset(records_dir, manifest, split, batch_size, training=False)
+    y_true = np.concatenate([y for _, y in data.as_numpy_iterator()])
+    logits = model.predict(data.map(lambda x, y: x), verbose=0)
+    return y_true, 1.0 / (1.0 + np.exp(-logits))
+
+
+def evaluate(model: keras.Model, records_dir: str | Path, manifest: dict,
+             batch_size: int, split: str = "valid") -> dict:
+    y_true, y_score = predict_split(model, records_dir, manifest, split, batch_size)
+    scores = metrics.validation_metrics(y_true, y_score)
+    scores["examples"] = int(len(y_true))
+    return scores
