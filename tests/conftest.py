@@ -84,12 +84,19 @@ def tiny_records(tiny_cfg, tiny_corpus) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_cfg, tiny_records) -> Path:
-    """One epoch under MirroredStrategy with 2 replicas on the tiny records."""
-    from tfbird import training
+def tiny_config_file(tiny_cfg, tiny_workspace) -> Path:
+    path = tiny_workspace / "tiny.yaml"
+    config.save(tiny_cfg, path)
+    return path
 
-    cfg = config.from_dict({**config.to_dict(tiny_cfg),
-                            "train": {**config.to_dict(tiny_cfg)["train"],
-                                      "strategy": "mirrored"}}).validate()
-    run_dir, _ = training.train(cfg, tiny_records, progress=False)
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_config_file, tiny_records, tiny_workspace) -> Path:
+    """``train.py --strategy mirrored`` (2 replicas), one epoch, on the tiny records."""
+    from tfbird import cli
+
+    run_dir = tiny_workspace / "runs" / "mirrored"
+    status = cli.main(["train", "--config", str(tiny_config_file), "--strategy", "mirrored",
+                       "--run-dir", str(run_dir), "--quiet"])
+    assert status == 0
     return run_dir

@@ -11,7 +11,7 @@ def test_demo_config_loads_with_its_values():
     cfg = config.load(REPO_CONFIGS / "demo.yaml")
     assert cfg.audio.sample_rate_hz == 32000
     assert cfg.audio.window_samples == 160000
-    assert cfg.model.image_size == (128, 64)
+    assert cfg.model.image_size == (64, 64)
     assert cfg.data.synthetic is True
 
 

@@ -163,8 +163,9 @@ def run_export(args) -> int:
     from tfbird import exporter, pipeline
 
     run_dir = Path(args.run_dir) if args.run_dir else exporter.newest_run(cfg.train.runs_dir)
-    result = exporter.export_run(run_dir, model_name=args.model_name, version=args.version,
-                                 tflite=args.tflite)
+    result = exporter.export_run(run_dir, exports_dir=cfg.export.exports_dir,
+                                 model_name=args.model_name or cfg.export.model_name,
+                                 version=args.version, tflite=args.tflite)
     print(f"SavedModel: {result.saved_model_dir}")
     if result.tflite_path:
         print(f"TFLite: {result.tflite_path} ({result.tflite_path.stat().st_size / 1e6:.1f} MB)")

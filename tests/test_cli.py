@@ -1,0 +1,70 @@
+"""The command line: features, errors as one line with exit status 2, export, and the demo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import REPO
+from tfbird import cli
+
+
+def test_features_writes_the_whole_recording_logmel(tmp_path):
+    sr = 44100
+    t = np.arange(int(2.5 * sr)) / sr
+    stereo = np.stack([np.sin(2 * np.pi * 2000 * t), 0.5 * np.sin(2 * np.pi * 3000 * t)], 1)
+    soundfile.write(tmp_path / "call.flac", 0.3 * stereo, sr)
+    assert cli.main(["features", str(tmp_path / "call.flac"), "--out",
+                     str(tmp_path / "call.npy")]) == 0
+    logmel = np.load(tmp_path / "call.npy")
+    y, _ = librosa.load(tmp_path / "call.flac", sr=32000)
+    reference = librosa.power_to_db(librosa.feature.melspectrogram(
+        y=y, sr=32000, n_fft=1024, hop_length=320, n_mels=128, fmin=20, fmax=16000),
+        amin=1e-10, top_db=80).T
+    assert logmel.dtype == np.float32 and logmel.shape == (1 + 80000 // 320, 128)
+    assert np.abs(logmel - reference).max() < 0.05
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    assert cli.main(["ingest", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "error: Data path does not exist" in capsys.readouterr().err
+    assert cli.main(["train", "--set", "train.epoch=2"]) == 2
+    assert "Unknown config key train.epoch" in capsys.readouterr().err
+    assert cli.main(["features", str(tmp_path / "x.wav"), "--out", str(tmp_path / "x.npy")]) == 2
+    assert "file missing" in capsys.readouterr().err
+
+
+def test_train_cli_wrote_the_run(trained_run):
+    scores = json.loads((trained_run / "metrics.json").read_text())
+    assert {"macro_roc_auc", "padded_cmap", "row_f1"} <= set(scores)
+
+
+def test_export_cli_checks_agreement(trained_run, tiny_config_file, tiny_corpus, tmp_path, capsys):
+    assert cli.main(["export", "--config", str(tiny_config_file), "--run-dir", str(trained_run),
+                     "--model-name", "cli", "--version", "7",
+                     "--set", f"export.exports_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert f"SavedModel: {tmp_path / 'cli' / '7'}" in out
+    assert "Agreement on 8 5-s windows" in out and "saved_model" in out
+
+
+@pytest.mark.slow
+def test_demo_quickstart_end_to_end(tmp_path):
+    """The README's demo as a user runs it: synthesis, ingest, training, export (minutes)."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, str(REPO / "train.py"), "--strategy", "mirrored", "--quiet"],
+                   cwd=tmp_path, env=env, check=True)
+    run_dir, = (tmp_path / "runs").iterdir()
+    scores = json.loads((run_dir / "metrics.json").read_text())
+    assert scores["macro_roc_auc"] >= 0.90, scores
+    subprocess.run([sys.executable, str(REPO / "export.py"), "--tflite"], cwd=tmp_path, env=env,
+                   check=True)
+    assert (tmp_path / "exports" / "tfbird" / "1" / "model.tflite").is_file()
