@@ -33,10 +33,13 @@ def test_decode_resample_downmix_match_librosa(tmp_path, sr, channels, suffix):
 
 
 @requires_shared_audio
-def test_real_recordings_have_their_manifest_durations():
+def test_real_recordings_have_their_decoded_and_manifest_durations():
     for row in shared_recordings():
         waveform = load_waveform(row["path"], SR)
-        assert abs(len(waveform) / SR - float(row["duration_s"])) < 0.06, row["local_file"]
+        # MP3 durations depend on how a decoder treats encoder delay and padding (up to 0.12 s
+        # here); soundfile.info's MP3 frame count is only an estimate, so it is not used.
+        tolerance_s = 0.15 if row["format"] == "mp3" else 0.01
+        assert abs(len(waveform) / SR - float(row["duration_s"])) < tolerance_s, row["local_file"]
 
 
 def test_errors_name_the_file(tmp_path):

@@ -35,6 +35,8 @@ def prepare_and_train(cfg: config.Config, data_given: bool = False,
         reingest: rewrite the records even when they match.
         progress: progress bars.
     """
+    # First: splitting the CPU for MirroredStrategy must precede any TensorFlow work (ingest).
+    strategy = training.make_strategy(cfg.train)
     data = Path(cfg.data.path)
     if cfg.data.synthetic and not data_given:
         ensure_synthetic_corpus(data, cfg.synth, progress)
@@ -47,7 +49,8 @@ def prepare_and_train(cfg: config.Config, data_given: bool = False,
         log.info("Reusing the records in %s (same data and settings; --reingest rewrites)",
                  records_dir)
     log.info("Records: %s", {s: v["examples"] for s, v in manifest["splits"].items()})
-    return training.train(cfg, records_dir, run_dir=run_dir, progress=progress)
+    return training.train(cfg, records_dir, run_dir=run_dir, progress=progress,
+                          strategy=strategy)
 
 
 def ensure_synthetic_corpus(data: Path, synth_cfg: config.SynthConfig, progress: bool) -> None:
@@ -70,25 +73,22 @@ def records_match(records_dir: Path, cfg: config.Config) -> bool:
 
 
 def check_windows(source: str | Path, audio: config.AudioConfig, count: int = 8) -> np.ndarray:
-    """``count`` windows ``[count, window_samples]`` from recordings under ``source``.
+    """Up to ``count`` windows ``[n, window_samples]`` from recordings under ``source``.
 
-    Takes the first window of each file in sorted order, cycling through the files again
-    (taking their next windows) until ``count`` windows are found; short files are zero-padded.
+    Takes the first window of each file (zero-padded if the file is shorter), then the
+    second full window of each file, and so on, in sorted file order.
     """
     source = Path(source)
     files = [source] if source.is_file() else sorted(
         p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise ValueError(f"No audio files to check the export with. Received: {str(source)!r}")
+    size = audio.window_samples
     waveforms = [load_waveform(path, audio.sample_rate_hz) for path in files[:count]]
     windows = []
-    offset = 0
-    while len(windows) < count:
+    for offset in range(0, max(len(w) for w in waveforms), size):
         for waveform in waveforms:
-            window = waveform[offset:offset + audio.window_samples]
-            if offset == 0 or len(window) == audio.window_samples:
-                windows.append(np.pad(window, (0, audio.window_samples - len(window))))
-            if len(windows) == count:
-                break
-        offset += audio.window_samples
-    return np.stack(windows).astype(np.float32)
+            window = waveform[offset:offset + size]
+            if offset == 0 or len(window) == size:
+                windows.append(np.pad(window, (0, size - len(window))))
+    return np.stack(windows[:count]).astype(np.float32)

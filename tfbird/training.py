@@ -95,7 +95,8 @@ def build_optimizer(train_cfg: config.TrainConfig, steps_per_epoch: int) -> kera
 
 
 def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | None = None,
-          progress: bool = True) -> tuple[Path, dict]:
+          progress: bool = True,
+          strategy: tf.distribute.Strategy | None = None) -> tuple[Path, dict]:
     """Trains on ``records_dir`` and scores the best checkpoint on the validation split.
 
     Args:
@@ -103,13 +104,15 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
         records_dir: output of ``tfbird ingest`` (shards + ``manifest.json``).
         run_dir: where to write the run; default ``<train.runs_dir>/<timestamp>``.
         progress: Keras progress bars.
+        strategy: default ``make_strategy(cfg.train)``; pass one made before TensorFlow
+            started when other TensorFlow work runs first in this process.
 
     Returns:
         ``(run_dir, scores)`` with the scores also in ``run_dir/metrics.json``.
     """
     manifest = read_manifest(records_dir)
     labels = manifest["labels"]
-    strategy = make_strategy(cfg.train)
+    strategy = strategy or make_strategy(cfg.train)
     replicas = strategy.num_replicas_in_sync
     if cfg.train.global_batch_size % replicas:
         raise ValueError(
