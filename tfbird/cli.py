@@ -1,6 +1,6 @@
 """``tfbird`` command line: parse arguments, load the config, call one library function.
 
-Commands: ``synth``, ``ingest``, ``features``, ``train``, ``export``. Library errors
+Commands: ``synth``, ``ingest``, ``features``, ``train``, ``export``, ``bench``. Library errors
 (``ValueError``) are printed as one line and exit with status 2; nothing here holds logic that
 the library does not.
 
@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "check that Keras, SavedModel and TFLite agree (default: the "
                              "run's data set)")
     export.set_defaults(command=run_export)
+
+    bench = commands.add_parser("bench", help="benchmarks against librosa -> BENCHMARKS.md")
+    add_config_arguments(bench)
+    bench.add_argument("what", choices=["frontend", "ingest"],
+                       help="frontend: whole recordings to log-mels; ingest: a data set to records")
+    bench.add_argument("--audio", help="frontend: folder of recordings")
+    bench.add_argument("--data", help="ingest: data set (BirdCLEF folder or CSV)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs (median is reported)")
+    bench.add_argument("--out", default="BENCHMARKS.md", help="Markdown file to update")
+    bench.set_defaults(command=run_bench)
     return parser
 
 
@@ -175,6 +185,30 @@ def run_export(args) -> int:
     differences = exporter.compare_outputs(result, waveforms)
     print(f"Agreement on {len(waveforms)} 5-s windows from {check_audio} "
           f"(largest |p - p_keras|): " + ", ".join(f"{k} {v:.2e}" for k, v in differences.items()))
+    return 0
+
+
+def run_bench(args) -> int:
+    from tfbird import bench
+
+    cfg = load_config(args)
+    if args.what == "frontend":
+        if not args.audio:
+            raise ValueError("bench frontend needs --audio DIR. Received: audio=None")
+        result = bench.bench_frontend(bench.audio_files(Path(args.audio)), cfg, args.repeats)
+        title, what = "Front end: recording to log-mel", (
+            "Decode, resample to 32 kHz and log-mel of each whole recording (librosa.load + "
+            "melspectrogram + power_to_db vs tfbird's decode + LogMelSpectrogram), over")
+    else:
+        if not args.data:
+            raise ValueError("bench ingest needs --data DIR_OR_CSV. Received: data=None")
+        result = bench.bench_ingest(Path(args.data), cfg, args.repeats)
+        title, what = "Ingest: data set to log-mel windows", (
+            "A sequential librosa loop (load, resample, 5-s windows, log-mel per window) vs "
+            "`tfbird ingest` (tf.data pipeline, writing TFRecord shards), over")
+    section = bench.format_section(title, result, what, args.repeats)
+    bench.write_section(Path(args.out), title, section)
+    print(section)
     return 0
 
 

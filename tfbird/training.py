@@ -147,6 +147,7 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     valid_data = dataset.distributed_dataset(strategy, split="valid", training=False, **read)
     model.fit(train_data, validation_data=valid_data, epochs=cfg.train.epochs,
               steps_per_epoch=steps_per_epoch, callbacks=training_callbacks(run_dir),
+              shuffle=False,  # The input pipeline shuffles files and examples itself.
               verbose=1 if progress else 2)
 
     best = keras.models.load_model(run_dir / MODEL_FILE)
