@@ -1,7 +1,7 @@
 """Frozen configuration dataclasses, loaded from YAML and overridden from the command line.
 
 A config file has one section per dataclass (``audio``, ``frontend``, ``data``, ``synth``,
-``model``, ``train``, ``export``). Every key is optional: a missing key keeps the default
+``model``, ``augment``, ``train``, ``export``). Every key is optional: a missing key keeps the default
 written here. A key that is unknown or whose value has the wrong type raises ``ValueError``
 naming it, so a typo never silently falls back to a default.
 
@@ -179,17 +179,42 @@ class ModelConfig:
             the backbone, or ``None`` to feed it at its own size. ``[224, 224]`` is the
             classic ImageNet size.
         dropout: dropout rate before the classification layer.
+        bn_momentum: momentum of the backbone's batch-norm moving statistics; ``None`` keeps
+            Keras' 0.99, which needs thousands of steps to settle. Short runs (the demo)
+            want ~0.9, or validation sees stale statistics.
     """
 
     weights: str = "none"
     image_size: tuple[int, int] | None = None
     dropout: float = 0.2
+    bn_momentum: float | None = None
 
     def validate(self) -> None:
         if self.image_size is not None:
             _require(len(self.image_size) == 2 and min(self.image_size) >= 32,
                      "model.image_size", self.image_size)
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout)
+        _require(self.bn_momentum is None or 0.0 <= self.bn_momentum < 1.0,
+                 "model.bn_momentum", self.bn_momentum)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Train-only augmentation of log-mel batches (never applied to validation).
+
+    Attributes:
+        time_roll: roll each example in time by a random number of frames.
+        time_mask_frames: widest SpecAugment time mask, in frames (0 disables).
+        freq_mask_mels: widest SpecAugment frequency mask, in mel bands (0 disables).
+    """
+
+    time_roll: bool = False
+    time_mask_frames: int = 0
+    freq_mask_mels: int = 0
+
+    def validate(self) -> None:
+        _require(self.time_mask_frames >= 0, "augment.time_mask_frames", self.time_mask_frames)
+        _require(self.freq_mask_mels >= 0, "augment.freq_mask_mels", self.freq_mask_mels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +275,7 @@ class Config:
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
     model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
 
@@ -259,6 +285,7 @@ class Config:
         self.data.validate()
         self.synth.validate()
         self.model.validate()
+        self.augment.validate()
         self.train.validate()
         return self
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfbird import records
+from tfbird.augment import augment_batch
+from tfbird.config import AugmentConfig
 
 
 def shard_paths(records_dir: str | Path, manifest: dict, split: str) -> list[str]:
@@ -30,7 +32,8 @@ def shard_paths(records_dir: str | Path, manifest: dict, split: str) -> list[str
 
 def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size: int,
                  training: bool, seed: int = 0, shuffle_buffer_size: int = 2048,
-                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                 input_context: tf.distribute.InputContext | None = None,
+                 augment: AugmentConfig | None = None) -> tf.data.Dataset:
     """Reads one split as batches of ``(logmel, labels)``.
 
     Args:
@@ -43,6 +46,7 @@ def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size
         shuffle_buffer_size: examples in the shuffle buffer (training only).
         input_context: from ``distribute_datasets_from_function``; each input pipeline then
             reads its own subset of the files.
+        augment: train-only augmentation of each batch (ignored when not ``training``).
 
     Returns:
         A ``tf.data.Dataset`` of ``(float32 [batch, frames, mels], float32 [batch, classes])``.
@@ -77,17 +81,24 @@ def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size
     if training:
         dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
     dataset = dataset.batch(batch_size, drop_remainder=training)
+    if training and augment is not None:
+        # One stateless seed per batch from a seeded stream: reproducible augmentation.
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            lambda batch, seed_pair: (augment_batch(batch[0], augment, seed_pair), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, records_dir: str | Path,
                         manifest: dict, split: str, global_batch_size: int, training: bool,
-                        seed: int = 0, shuffle_buffer_size: int = 2048):
+                        seed: int = 0, shuffle_buffer_size: int = 2048,
+                        augment: AugmentConfig | None = None):
     """``make_dataset`` per input pipeline through ``distribute_datasets_from_function``."""
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
         return make_dataset(records_dir, manifest, split, batch_size, training, seed,
-                            shuffle_buffer_size, input_context)
+                            shuffle_buffer_size, input_context, augment)
 
     return strategy.distribute_datasets_from_function(dataset_fn)

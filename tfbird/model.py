@@ -49,10 +49,18 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
         x = keras.layers.Resizing(*image_size, name="resize")(x)
     x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
     backbone = build_backbone(model_cfg.weights, (*image_size, 3))
+    if model_cfg.bn_momentum is not None:
+        set_batch_norm_momentum(backbone, model_cfg.bn_momentum)
     x = backbone(x)
     x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name="tfbird_classifier")
+
+
+def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
 
 
 def build_backbone(weights: str, image_shape: tuple[int, int, int]) -> keras.Model:
