@@ -44,8 +44,8 @@ def tiny_config(tmp_path: Path, **sections) -> config.Config:
     """A config sized for tests: 2 species, short recordings, a 32x32 ResNet input."""
     raw = {
         "data": {"path": str(tmp_path / "corpus"), "records": str(tmp_path / "records"),
-                 "validation_fraction": 0.34, "files_per_shard": 2, "synthetic": True},
-        "synth": {"num_species": 2, "recordings_per_species": 3, "min_duration_s": 6.0,
+                 "validation_fraction": 0.5, "files_per_shard": 2, "synthetic": True},
+        "synth": {"num_species": 2, "recordings_per_species": 4, "min_duration_s": 6.0,
                   "max_duration_s": 11.0, "secondary_fraction": 0.34, "seed": 1},
         "model": {"image_size": [32, 32], "dropout": 0.0},
         "train": {"epochs": 1, "global_batch_size": 4, "runs_dir": str(tmp_path / "runs"),

@@ -101,7 +101,7 @@ def write_wav(path, seconds, sr=22050):
 
 def test_bad_files_are_reported_counted_and_skipped(tmp_path):
     data = tmp_path / "data"
-    write_wav(data / "a1.wav", 6.0)
+    write_wav(data / "a1.wav", 8.0)
     write_wav(data / "b1.wav", 3.0)
     write_wav(data / "a2.wav", 2.0)
     (data / "broken.ogg").write_bytes(b"OggS" + b"\x00" * 200)
@@ -116,7 +116,7 @@ def test_bad_files_are_reported_counted_and_skipped(tmp_path):
     assert failures["missing.wav"].startswith("file missing")
     assert failures["broken.ogg"].startswith("unreadable")
     total = sum(s["examples"] for s in manifest["splits"].values())
-    assert total == 2 + 1 + 1  # 6 s -> 2 windows (tail 1 s dropped), 3 s -> 1, 2 s -> 1
+    assert total == 2 + 1 + 1  # 8 s -> 2 windows (3-s tail kept), 3 s -> 1, 2 s -> 1
 
 
 def test_too_many_failures_stop_the_run_after_writing_the_report(tmp_path):

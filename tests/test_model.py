@@ -54,3 +54,15 @@ def test_imagenet_offline_names_the_local_file_alternative(monkeypatch):
     assert "--weights PATH" in message
     assert model_lib.IMAGENET_NOTOP_FILE in message
     assert "URL fetch failure" in message
+
+
+def test_shrinking_keeps_short_events_wherever_they_are():
+    """A one-frame call must survive the 501 -> 64 shrink at every position (plain bilinear
+    resizing skips most frames)."""
+    inputs = keras.Input((501, 128, 1))
+    shrink = keras.Model(inputs, model_lib.resize_image(inputs, (501, 128), (64, 64)))
+    impulses = np.zeros((501, 501, 128, 1), "float32")
+    impulses[np.arange(501), np.arange(501)] = 1.0
+    out = shrink.predict(impulses, batch_size=128, verbose=0)
+    assert out.shape == (501, 64, 64, 1)
+    assert out.reshape(501, -1).max(axis=1).min() > 0.005

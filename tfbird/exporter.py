@@ -98,8 +98,19 @@ def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
     tflite_path = None
     if tflite:
         tflite_path = version_dir / TFLITE_FILE
-        tflite_path.write_bytes(convert_to_tflite(version_dir))
+        tflite_path.write_bytes(convert_to_tflite(serving_model))
     return ExportResult(version_dir, tflite_path, serving_model, labels)
+
+
+def serving_function(model: keras.Model, window_samples: int) -> tf.types.experimental.PolymorphicFunction:
+    """The ``serving_default`` signature: ``{waveform}`` -> ``{probabilities}``."""
+    spec = tf.TensorSpec([None, window_samples], tf.float32, name=INPUT_NAME)
+
+    @tf.function(input_signature=[spec])
+    def serve(waveform):
+        return {OUTPUT_NAME: model(waveform, training=False)}
+
+    return serve
 
 
 def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
@@ -115,12 +126,7 @@ def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
         module.model = model
         module.labels_file = tf.saved_model.Asset(str(labels_path))
         module.config_file = tf.saved_model.Asset(str(config_path))
-        spec = tf.TensorSpec([None, cfg.audio.window_samples], tf.float32, name=INPUT_NAME)
-
-        @tf.function(input_signature=[spec])
-        def serve(waveform):
-            return {OUTPUT_NAME: model(waveform, training=False)}
-
+        serve = serving_function(model, cfg.audio.window_samples)
         tf.saved_model.save(module, str(version_dir), signatures={SIGNATURE: serve})
 
 
@@ -132,10 +138,13 @@ def model_contract(cfg: config.Config, labels: list[str]) -> dict:
             "audio": dicts["audio"], "frontend": dicts["frontend"]}
 
 
-def convert_to_tflite(saved_model_dir: Path) -> bytes:
-    """Converts the ``serving_default`` signature with builtin TFLite ops only."""
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir),
-                                                         signature_keys=[SIGNATURE])
+def convert_to_tflite(model: keras.Model) -> bytes:
+    """Converts the Keras serving model with builtin TFLite ops only.
+
+    ``from_keras_model`` is used on purpose: converting the SavedModel or the serving
+    ``tf.function`` gave NaN probabilities on TF 2.21, while this path matches Keras.
+    """
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
 
@@ -149,10 +158,15 @@ def run_saved_model(saved_model_dir: Path, waveforms: np.ndarray) -> np.ndarray:
 
 
 def run_tflite(tflite_path: Path, waveforms: np.ndarray) -> np.ndarray:
-    """Runs the TFLite model on a batch of any size (the batch dimension is dynamic)."""
+    """Runs the TFLite model on a batch of any size (the batch dimension is dynamic).
+
+    Its signature is ``serving_default`` with input ``waveform``; the converter names the
+    single output ``output_0``.
+    """
     interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
     runner = interpreter.get_signature_runner(SIGNATURE)
-    return runner(**{INPUT_NAME: np.asarray(waveforms, np.float32)})[OUTPUT_NAME]
+    (probabilities,) = runner(**{INPUT_NAME: np.asarray(waveforms, np.float32)}).values()
+    return probabilities
 
 
 def compare_outputs(result: ExportResult, waveforms: np.ndarray) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The classifier: log-mel ``[frames, mels]`` -> ResNet50 -> pooled features -> logits.
 
 The log-mel (dB) of each example is standardised to zero mean and unit variance (so gain does
-not matter), optionally resized to ``model.image_size``, repeated into 3 channels and fed to
+not matter), optionally pooled and resized to ``model.image_size``, repeated into 3 channels and fed to
 ``keras.applications.ResNet50(include_top=False, pooling="avg")``. Dropout and a float32
 ``Dense`` give one logit per class: the model outputs **logits**; the sigmoid is applied by the
 loss (``from_logits=True``) and by the exported model.
@@ -46,7 +46,7 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     x = keras.layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False,
                                         name="standardize")(x)
     if image_size != tuple(input_shape):
-        x = keras.layers.Resizing(*image_size, name="resize")(x)
+        x = resize_image(x, tuple(input_shape), image_size)
     x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
     backbone = build_backbone(model_cfg.weights, (*image_size, 3))
     if model_cfg.bn_momentum is not None:
@@ -55,6 +55,20 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name="tfbird_classifier")
+
+
+def resize_image(x, input_shape: tuple[int, int], image_size: tuple[int, int]):
+    """Average-pools by the integer part of the shrink factor, then resizes bilinearly.
+
+    Bilinear resizing alone samples only a few input pixels when shrinking a lot (501 frames
+    to 64 reads about 2 of every 8 frames), so short calls could vanish; pooling first keeps
+    every frame's energy. Both are builtin TFLite ops.
+    """
+    pool = (max(1, input_shape[0] // image_size[0]), max(1, input_shape[1] // image_size[1]))
+    if pool != (1, 1):
+        x = keras.layers.AveragePooling2D(pool_size=pool, strides=pool, padding="same",
+                                          name="pool")(x)
+    return keras.layers.Resizing(*image_size, name="resize")(x)
 
 
 def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -156,10 +157,19 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
               shuffle=False,  # The input pipeline shuffles files and examples itself.
               verbose=1 if progress else 2)
 
+    if not (run_dir / MODEL_FILE).is_file():  # val_roc_auc never defined (no positives).
+        log.warning("No epoch had a validation ROC-AUC; keeping the last epoch's model.")
+        model.save(run_dir / MODEL_FILE)
     best = keras.models.load_model(run_dir / MODEL_FILE)
     scores = evaluate(best, records_dir, manifest, cfg.train.global_batch_size)
-    (run_dir / METRICS_FILE).write_text(json.dumps(scores, indent=2))
+    write_metrics(scores, run_dir / METRICS_FILE)
     return run_dir, scores
+
+
+def write_metrics(scores: dict, path: Path) -> None:
+    """JSON with ``null`` for an undefined score (NaN: e.g. no class with positives)."""
+    plain = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in scores.items()}
+    path.write_text(json.dumps(plain, indent=2))
 
 
 def training_callbacks(run_dir: Path) -> list[keras.callbacks.Callback]:
