@@ -53,7 +53,7 @@ def test_export_cli_checks_agreement(trained_run, tiny_config_file, tiny_corpus,
                      "--set", f"export.exports_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert f"SavedModel: {tmp_path / 'cli' / '7'}" in out
-    assert re.search(r"Agreement on 7 5-s windows .* saved_model \d\.\d\de[-+]\d\d", out), out
+    assert re.search(r"Agreement on 8 5-s windows .* saved_model \d\.\d\de[-+]\d\d", out), out
 
 
 @pytest.mark.slow
