@@ -24,7 +24,7 @@ def test_check_windows_cycles_through_files_and_pads(tmp_path):
 
 
 def test_check_windows_needs_audio(tmp_path):
-    with pytest.raises(ValueError, match="No audio files"):
+    with pytest.raises(ValueError, match="No audio files found"):
         pipeline.check_windows(tmp_path, AudioConfig())
 
 

@@ -28,7 +28,6 @@ import tensorflow as tf
 
 from tfbird import catalog, config, ingest
 from tfbird.frontend import build_frontend
-from tfbird.pipeline import AUDIO_SUFFIXES
 from tfbird.waveform import load_waveform
 
 
@@ -94,13 +93,6 @@ def bench_ingest(data: Path, cfg: config.Config, repeats: int = 3) -> dict:
     tfbird_s = median_seconds(with_tfbird, repeats)
     return {"files": len(table), "audio_s": audio_s, "librosa_s": librosa_s,
             "tfbird_s": tfbird_s}
-
-
-def audio_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise ValueError(f"No audio files to benchmark. Received: audio={str(folder)!r}")
-    return files
 
 
 def format_section(title: str, result: dict, what: str, repeats: int) -> str:

@@ -189,13 +189,13 @@ def run_export(args) -> int:
 
 
 def run_bench(args) -> int:
-    from tfbird import bench
+    from tfbird import bench, pipeline
 
     cfg = load_config(args)
     if args.what == "frontend":
         if not args.audio:
             raise ValueError("bench frontend needs --audio DIR. Received: audio=None")
-        result = bench.bench_frontend(bench.audio_files(Path(args.audio)), cfg, args.repeats)
+        result = bench.bench_frontend(pipeline.audio_files(args.audio), cfg, args.repeats)
         title, what = "Front end: recording to log-mel", (
             "Decode, resample to 32 kHz and log-mel of each whole recording (librosa.load + "
             "melspectrogram + power_to_db vs tfbird's decode + LogMelSpectrogram), over")

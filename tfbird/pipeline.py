@@ -72,6 +72,14 @@ def records_match(records_dir: Path, cfg: config.Config) -> bool:
                for key in ("schema_version", "source", "audio", "frontend", "feature", "split"))
 
 
+def audio_files(folder: str | Path) -> list[Path]:
+    """Audio files under ``folder`` (recursive, sorted); raises if there are none."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ValueError(f"No audio files found. Received: folder={str(folder)!r}")
+    return files
+
+
 def check_windows(source: str | Path, audio: config.AudioConfig, count: int = 8) -> np.ndarray:
     """Up to ``count`` windows ``[n, window_samples]`` from recordings under ``source``.
 
@@ -79,10 +87,7 @@ def check_windows(source: str | Path, audio: config.AudioConfig, count: int = 8)
     second full window of each file, and so on, in sorted file order.
     """
     source = Path(source)
-    files = [source] if source.is_file() else sorted(
-        p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise ValueError(f"No audio files to check the export with. Received: {str(source)!r}")
+    files = [source] if source.is_file() else audio_files(source)
     size = audio.window_samples
     waveforms = [load_waveform(path, audio.sample_rate_hz) for path in files[:count]]
     windows = []

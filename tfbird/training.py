@@ -24,6 +24,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import scipy.special
 import tensorflow as tf
 
 from tfbird import config, dataset, labels as labels_lib, metrics
@@ -189,7 +190,7 @@ def predict_split(model: keras.Model, records_dir: str | Path, manifest: dict, s
     data = dataset.make_dataset(records_dir, manifest, split, batch_size, training=False)
     y_true = np.concatenate([y for _, y in data.as_numpy_iterator()])
     logits = model.predict(data.map(lambda x, y: x), verbose=0)
-    return y_true, 1.0 / (1.0 + np.exp(-logits))
+    return y_true, scipy.special.expit(logits)
 
 
 def evaluate(model: keras.Model, records_dir: str | Path, manifest: dict,
