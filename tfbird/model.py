@@ -1,8 +1,8 @@
 """The classifier: log-mel ``[frames, mels]`` -> ResNet50 -> pooled features -> logits.
 
 The log-mel (dB) of each example is standardised to zero mean and unit variance (so gain does
-not matter), optionally pooled and resized to ``model.image_size``, repeated into 3 channels and fed to
-``keras.applications.ResNet50(include_top=False, pooling="avg")``. Dropout and a float32
+not matter), optionally pooled and resized to ``model.image_size``, repeated into 3 channels
+and fed to ``keras.applications.ResNet50(include_top=False, pooling="avg")``. Dropout and a float32
 ``Dense`` give one logit per class: the model outputs **logits**; the sigmoid is applied by the
 loss (``from_logits=True``) and by the exported model.
 

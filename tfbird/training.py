@@ -188,9 +188,11 @@ def predict_split(model: keras.Model, records_dir: str | Path, manifest: dict, s
                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, probabilities)`` of every example of a split, in record order."""
     data = dataset.make_dataset(records_dir, manifest, split, batch_size, training=False)
-    y_true = np.concatenate([y for _, y in data.as_numpy_iterator()])
-    logits = model.predict(data.map(lambda x, y: x), verbose=0)
-    return y_true, scipy.special.expit(logits)
+    y_true, logits = [], []
+    for x, y in data:  # One pass over the records: labels and predictions stay aligned.
+        logits.append(model.predict_on_batch(x))
+        y_true.append(y.numpy())
+    return np.concatenate(y_true), scipy.special.expit(np.concatenate(logits))
 
 
 def evaluate(model: keras.Model, records_dir: str | Path, manifest: dict,
