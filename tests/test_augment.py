@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from tfbird.augment import augment_batch, random_time_roll, spec_augment
+from tfbird.augment import augment_batch, mixup, random_time_roll, spec_augment
 from tfbird.config import AugmentConfig
 
 
@@ -36,11 +36,29 @@ def test_spec_augment_masks_one_time_and_one_frequency_band_with_the_floor():
 
 
 def test_augment_batch_is_deterministic_given_the_seed():
-    cfg = AugmentConfig(time_roll=True, time_mask_frames=4, freq_mask_mels=2)
-    batch = ramp_batch()
-    a = augment_batch(batch, cfg, tf.constant([7, 8], tf.int64)).numpy()
-    b = augment_batch(batch, cfg, tf.constant([7, 8], tf.int64)).numpy()
-    c = augment_batch(batch, cfg, tf.constant([7, 9], tf.int64)).numpy()
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    np.testing.assert_array_equal(augment_batch(batch, AugmentConfig(), [1, 1]), batch)
+    cfg = AugmentConfig(time_roll=True, time_mask_frames=4, freq_mask_mels=2, mixup_alpha=0.4)
+    batch, labels = ramp_batch(), tf.eye(4)
+    a = augment_batch(batch, labels, cfg, tf.constant([7, 8], tf.int64))
+    b = augment_batch(batch, labels, cfg, tf.constant([7, 8], tf.int64))
+    c = augment_batch(batch, labels, cfg, tf.constant([7, 9], tf.int64))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+    unchanged = augment_batch(batch, labels, AugmentConfig(), [1, 1])
+    np.testing.assert_array_equal(unchanged[0], batch)
+    np.testing.assert_array_equal(unchanged[1], labels)
+
+
+def test_mixup_mixes_log_mel_and_targets_with_the_same_weight():
+    batch = tf.constant(np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 3, 2)),
+                        tf.float32)  # example i is all i
+    labels = tf.eye(4)
+    mixed, targets = (t.numpy() for t in mixup(batch, labels, alpha=0.4, seed=[5, 6]))
+    for i in range(4):
+        partner = (i - 1) % 4
+        lam = targets[i, i]  # own class weight; the partner's class gets 1 - lam
+        assert 0.0 <= lam <= 1.0
+        np.testing.assert_allclose(targets[i, partner], 1 - lam, atol=1e-6)
+        np.testing.assert_allclose(targets[i].sum(), 1.0, atol=1e-6)
+        np.testing.assert_allclose(mixed[i], lam * i + (1 - lam) * partner, atol=1e-5)
+    assert len(np.unique(np.round(np.diag(targets), 4))) > 1  # one weight per example

@@ -27,6 +27,18 @@ def test_input_is_standardised_so_gain_does_not_matter():
     np.testing.assert_allclose(classifier(x - 30.0), classifier(x), atol=1e-4)
 
 
+def test_from_scratch_every_residual_branch_starts_at_zero():
+    backbone = model_lib.build_classifier(ModelConfig(image_size=(32, 32)), 2,
+                                          (40, 32)).get_layer("resnet50")
+    norms = [layer for layer in backbone.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    last_in_branch = [layer for layer in norms if layer.name.endswith("_3_bn")]
+    assert len(last_in_branch) == 16  # ResNet50: 3 + 4 + 6 + 3 bottleneck blocks
+    for layer in norms:
+        expected = 0.0 if layer in last_in_branch else 1.0
+        np.testing.assert_array_equal(layer.gamma.numpy(), expected, err_msg=layer.name)
+
+
 def test_weights_from_a_file(tmp_path):
     backbone = keras.applications.ResNet50(include_top=False, weights=None,
                                            input_shape=(32, 32, 3), pooling="avg")

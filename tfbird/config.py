@@ -182,12 +182,16 @@ class ModelConfig:
         bn_momentum: momentum of the backbone's batch-norm moving statistics; ``None`` keeps
             Keras' 0.99, which needs thousands of steps to settle. Short runs (the demo)
             want ~0.9, or validation sees stale statistics.
+        zero_init_residual: with ``weights: none``, start the last batch norm of every
+            residual block at zero, so each block starts as the identity (Goyal et al., 2017):
+            a deep network from scratch trains in fewer steps.
     """
 
     weights: str = "none"
     image_size: tuple[int, int] | None = None
     dropout: float = 0.2
     bn_momentum: float | None = None
+    zero_init_residual: bool = True
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -206,13 +210,17 @@ class AugmentConfig:
         time_roll: roll each example in time by a random number of frames.
         time_mask_frames: widest SpecAugment time mask, in frames (0 disables).
         freq_mask_mels: widest SpecAugment frequency mask, in mel bands (0 disables).
+        mixup_alpha: mixup's Beta(alpha, alpha) weight of two examples and their targets
+            (0 disables; 0.2-0.5 is usual).
     """
 
     time_roll: bool = False
     time_mask_frames: int = 0
     freq_mask_mels: int = 0
+    mixup_alpha: float = 0.0
 
     def validate(self) -> None:
+        _require(self.mixup_alpha >= 0.0, "augment.mixup_alpha", self.mixup_alpha)
         _require(self.time_mask_frames >= 0, "augment.time_mask_frames", self.time_mask_frames)
         _require(self.freq_mask_mels >= 0, "augment.freq_mask_mels", self.freq_mask_mels)
 

@@ -85,7 +85,7 @@ def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size
         # One stateless seed per batch from a seeded stream: reproducible augmentation.
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, seed_pair: (augment_batch(batch[0], augment, seed_pair), batch[1]),
+            lambda batch, seed_pair: augment_batch(*batch, augment, seed_pair),
             num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

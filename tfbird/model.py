@@ -51,6 +51,8 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     backbone = build_backbone(model_cfg.weights, (*image_size, 3))
     if model_cfg.bn_momentum is not None:
         set_batch_norm_momentum(backbone, model_cfg.bn_momentum)
+    if model_cfg.zero_init_residual and model_cfg.weights == "none":
+        zero_init_residual_branches(backbone)
     x = backbone(x)
     x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
@@ -75,6 +77,13 @@ def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
+
+
+def zero_init_residual_branches(backbone: keras.Model) -> None:
+    """Sets gamma of each residual block's last batch norm (``convN_blockM_3_bn``) to 0."""
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.name.endswith("_3_bn"):
+            layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
 
 
 def build_backbone(weights: str, image_shape: tuple[int, int, int]) -> keras.Model:
