@@ -54,10 +54,13 @@ def test_missing_path_and_columns_are_named(tmp_path):
         catalog.read_catalog(tmp_path / "empty_dir")
 
 
-def test_paths_outside_the_data_root_are_refused(tmp_path):
-    root = write_birdclef(tmp_path / "bc", [["a", "[]", "[]", "../../etc/passwd"]])
-    with pytest.raises(ValueError, match="outside the data root.*etc/passwd"):
-        catalog.read_catalog(root)
+def test_paths_outside_the_data_root_are_refused_file_by_file(tmp_path):
+    root = write_birdclef(tmp_path / "bc", [["a", "[]", "[]", "../../etc/passwd"],
+                                            ["a", "[]", "[]", "a/1.ogg"]])
+    table, labels = catalog.read_catalog(root)
+    assert labels == ["a"]
+    assert table["error"][0].startswith("path outside the data root: '../../etc/passwd'")
+    assert table["error"][1] == ""
 
 
 def test_split_is_stratified_by_class_and_by_recording():

@@ -51,7 +51,7 @@ def test_errors_name_the_file(tmp_path):
         load_waveform(garbage, SR)
     empty = tmp_path / "empty.wav"
     soundfile.write(empty, np.zeros((0, 1)), SR)
-    with pytest.raises(AudioDecodeError, match="empty: .*empty.wav"):
+    with pytest.raises(AudioDecodeError, match="no audio after decode: .*empty.wav"):
         load_waveform(empty, SR)
     nan = tmp_path / "nan.wav"
     soundfile.write(nan, np.full(100, np.nan), SR, subtype="FLOAT")

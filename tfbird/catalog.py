@@ -1,92 +1,396 @@
 """Data sets on disk -> one table of recordings and their labels, and the train/validation split.
 
-Layouts read here:
+Layouts read here (``detect_layout`` picks one; ``data.layout`` or ``--layout`` forces it):
 
-- **BirdCLEF** (2021–2024 and tfbird's synthetic corpus): a folder with ``train_metadata.csv``
-  (``primary_label``, ``secondary_labels`` as a Python-list string like ``['sp03']``,
-  ``filename`` relative to ``train_audio/``).
-- **Plain CSV**: a ``.csv`` file with ``filename,label[,secondary_labels]``; filenames are
-  relative to the CSV's folder.
+- ``birdclef`` (BirdCLEF 2021-2024 and tfbird's synthetic corpus): a folder with
+  ``train_metadata.csv`` (``primary_label``, ``secondary_labels`` as a Python-list string like
+  ``['sp03']``, ``filename`` relative to ``train_audio/``; 2021's ``train_short_audio/`` and
+  its bare filenames, found under ``<primary_label>/``, work too). Labels: the primary labels.
+- ``birdclef2025``: a folder with ``train.csv`` (same columns) and ``taxonomy.csv``, whose
+  ``primary_label`` column is the label list.
+- ``cornell`` (Cornell Birdcall Identification 2020): a folder with ``train.csv``; the class
+  is ``ebird_code`` and the audio is ``train_audio/<ebird_code>/<filename>``.
+  ``secondary_labels`` holds species names (``'Empidonax traillii_Willow Flycatcher'``),
+  mapped to codes through the ``sci_name``/``species``/``ebird_code`` columns of the same CSV.
+- ``folders``: ``ROOT/<label>/**/*.{wav,flac,ogg,mp3,opus}``. A folder named ``a,b`` holds
+  recordings of both; a folder whose name starts with ``-`` holds negatives, and folders named
+  Noise, Background, Other or Silence (any case) hold non-event recordings: both get an
+  all-zero target and are not classes.
+- ``raven``: Raven selection tables ``<stem>[.Table.N].selections.txt`` beside
+  ``<stem>.<audio suffix>``; tab-separated, with ``Begin Time (s)``, ``End Time (s)`` and the
+  label in ``data.label_column``. Targets are per window (``window_targets``). The tables are
+  the inputs: audio without a table is not part of the data set (its number is logged).
+- ``csv``: a ``.csv`` file with ``filename,label[,secondary_labels]``; filenames are relative
+  to the CSV's folder.
 
-The catalog table has one row per recording with the columns ``path`` (absolute),
-``filename`` (as written in the data set), ``primary_label`` and ``secondary_labels`` (a list).
+The catalog table has one row per input file and the columns
+
+- ``path`` (absolute), ``filename`` (as written in the data set);
+- ``primary_label`` (``""`` for a negative or non-event recording) and ``secondary_labels``
+  (a list; labels that are not classes are removed and their number logged);
+- ``boxes``: ``None``, or for Raven a list of ``(begin_s, end_s, label)``;
+- ``error``: ``""``, or ``"<reason>: <detail>"`` for a file that cannot be ingested (a path
+  outside the data root, an unknown label, a missing audio file beside a Raven table);
+- then the data set's metadata columns as strings (for Cornell: rating, duration, pitch,
+  sampling_rate, latitude, longitude, author and license).
 
 Example:
     >>> table, labels = read_catalog("data/demo")
-    >>> table = assign_split(table, validation_fraction=0.2, seed=0)
+    >>> table = assign_split(table[table["error"] == ""], validation_fraction=0.2, seed=0)
 """
 
 from __future__ import annotations
 
 import ast
+import collections
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tfbird import labels as labels_lib
+from tfbird.config import DATA_LAYOUTS
+
 log = logging.getLogger(__name__)
 
 BIRDCLEF_METADATA = "train_metadata.csv"
 BIRDCLEF_AUDIO_DIRS = ("train_audio", "train_short_audio")
-CATALOG_COLUMNS = ["path", "filename", "primary_label", "secondary_labels"]
+TRAIN_CSV = "train.csv"
+TAXONOMY_CSV = "taxonomy.csv"
+RAVEN_SUFFIX = ".selections.txt"
+RAVEN_BEGIN = "Begin Time (s)"
+RAVEN_END = "End Time (s)"
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+NON_EVENT_FOLDERS = ("noise", "background", "other", "silence")
+CORNELL_METADATA = ("rating", "duration", "pitch", "sampling_rate", "latitude", "longitude",
+                    "author", "license")
+CATALOG_COLUMNS = ["path", "filename", "primary_label", "secondary_labels", "boxes", "error"]
+PATH_OUTSIDE_ROOT = "path outside the data root"
+LABEL_UNKNOWN = "label unknown"
+FILE_MISSING = "file missing"
 
 
-def read_catalog(data: str | Path) -> tuple[pd.DataFrame, list[str]]:
+def read_catalog(data: str | Path, layout: str = "auto",
+                 label_column: str = "Species") -> tuple[pd.DataFrame, list[str]]:
     """Reads a data set into the catalog table and its sorted label list.
 
-    The label list is the set of primary labels. Secondary labels outside it (common in
-    BirdCLEF, where a background species may have no recordings of its own) are removed from
-    the targets, and their number is logged.
-
     Args:
-        data: a BirdCLEF folder (holding ``train_metadata.csv``) or a plain CSV file.
+        data: a data set folder, or its CSV file (see the module docstring for the layouts).
+        layout: ``"auto"`` (``detect_layout``) or a layout name from ``config.DATA_LAYOUTS``.
+        label_column: the label column of Raven selection tables.
 
     Returns:
-        ``(table, labels)``.
+        ``(table, labels)``. Rows with a non-empty ``error`` are failures, not recordings:
+        ingest reports them in ``failures.csv``.
 
     Raises:
-        ValueError: the path does not exist, has no known layout, or its CSV lacks a column.
+        ValueError: the path does not exist, has no known layout, a CSV lacks a column, or no
+            file has a label.
     """
     data = Path(data)
     if not data.exists():
         raise ValueError(f"Data path does not exist. Received: data={str(data)!r}")
-    if data.is_dir() and (data / BIRDCLEF_METADATA).is_file():
-        table = read_birdclef(data)
-    elif data.is_file() and data.suffix.lower() == ".csv":
-        table = read_plain_csv(data)
+    if layout not in DATA_LAYOUTS:
+        raise ValueError(f"Unknown layout; known: {list(DATA_LAYOUTS)}. Received: layout={layout!r}")
+    if layout == "auto":
+        layout = detect_layout(data)
+    if layout == "birdclef":
+        table, labels = read_birdclef(data)
+    elif layout == "birdclef2025":
+        table, labels = read_birdclef2025(data)
+    elif layout == "cornell":
+        table, labels = read_cornell(data)
+    elif layout == "folders":
+        table, labels = read_folders(data)
+    elif layout == "raven":
+        table, labels = read_raven(data, label_column)
     else:
-        raise ValueError(
-            f"No known data layout: expected a folder with {BIRDCLEF_METADATA} or a .csv file "
-            f"with filename,label columns. Received: data={str(data)!r}")
-    labels = sorted(table["primary_label"].unique())
+        table, labels = read_plain_csv(data if data.is_file() else data / TRAIN_CSV)
+    if not labels:
+        raise ValueError(f"No file of the data set has a usable label (layout {layout!r}). "
+                         f"Received: data={str(data)!r}")
+    table["error"] = mark_unknown_primary_labels(table, labels)
     table["secondary_labels"] = drop_unknown_secondary_labels(table["secondary_labels"], labels)
     return table.reset_index(drop=True), labels
 
 
-def read_birdclef(root: Path) -> pd.DataFrame:
-    csv_path = root / BIRDCLEF_METADATA
+def detect_layout(path: str | Path) -> str:
+    """The layout of a data set folder or CSV file, from the files and columns it has.
+
+    Checked in this order: ``train_metadata.csv`` (birdclef); ``train.csv`` with
+    ``ebird_code`` (cornell), or with ``primary_label`` and a ``taxonomy.csv`` beside it
+    (birdclef2025); any ``*.selections.txt`` below (raven); sub-folders holding audio
+    (folders). A CSV file is cornell, birdclef2025, birdclef or csv by its columns.
+
+    Raises:
+        ValueError: none of these match.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"Data path does not exist. Received: data={str(path)!r}")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return layout_of_csv(path)
+    if path.is_dir():
+        if (path / BIRDCLEF_METADATA).is_file():
+            return "birdclef"
+        if (path / TRAIN_CSV).is_file():
+            return layout_of_csv(path / TRAIN_CSV)
+        if next(path.rglob("*" + RAVEN_SUFFIX), None) is not None:
+            return "raven"
+        if any(child.is_dir() and audio_files_under(child) for child in path.iterdir()):
+            return "folders"
+    raise ValueError(
+        f"No known data layout: expected a folder with {BIRDCLEF_METADATA}, {TRAIN_CSV}, "
+        f"Raven *{RAVEN_SUFFIX} tables or class folders of audio, or a .csv file with "
+        f"filename,label columns. Received: data={str(path)!r}")
+
+
+def layout_of_csv(csv_path: Path) -> str:
+    columns = set(pd.read_csv(csv_path, nrows=0).columns)
+    if "ebird_code" in columns:
+        return "cornell"
+    if "primary_label" in columns:
+        return "birdclef2025" if (csv_path.parent / TAXONOMY_CSV).is_file() else "birdclef"
+    return "csv"
+
+
+# --- One reader per layout: each returns (table, labels) ----------------------------------
+
+
+def read_birdclef(data: Path) -> tuple[pd.DataFrame, list[str]]:
+    """BirdCLEF 2021-2024 ``train_metadata.csv``; the labels are the primary labels."""
+    csv_path = data if data.is_file() else data / BIRDCLEF_METADATA
     metadata = read_csv_with_columns(csv_path, ["primary_label", "secondary_labels", "filename"])
-    audio_dir = next((root / d for d in BIRDCLEF_AUDIO_DIRS if (root / d).is_dir()),
-                     root / BIRDCLEF_AUDIO_DIRS[0])
-    return pd.DataFrame({
-        "path": [str(resolve_inside(audio_dir, f, csv_path)) for f in metadata["filename"]],
-        "filename": metadata["filename"].astype(str),
-        "primary_label": metadata["primary_label"].astype(str),
-        "secondary_labels": [parse_label_list(v, csv_path) for v in metadata["secondary_labels"]],
-    })
+    table = recordings_table(
+        birdclef_audio_dir(csv_path.parent), metadata["filename"], metadata["primary_label"],
+        [parse_label_list(v, csv_path) for v in metadata["secondary_labels"]], metadata,
+        label_folders=metadata["primary_label"])
+    return table, labels_of_primaries(table)
 
 
-def read_plain_csv(csv_path: Path) -> pd.DataFrame:
+def read_birdclef2025(data: Path) -> tuple[pd.DataFrame, list[str]]:
+    """BirdCLEF 2025 ``train.csv``; the labels are ``taxonomy.csv``'s ``primary_label``."""
+    csv_path = data if data.is_file() else data / TRAIN_CSV
+    taxonomy_path = csv_path.parent / TAXONOMY_CSV
+    if not taxonomy_path.is_file():
+        raise ValueError(f"A BirdCLEF 2025 data set needs {TAXONOMY_CSV} beside {csv_path.name}. "
+                         f"Received: taxonomy={str(taxonomy_path)!r}")
+    taxonomy = pd.read_csv(taxonomy_path, keep_default_na=False, dtype=str)
+    if "primary_label" not in taxonomy.columns:
+        raise ValueError(f"{taxonomy_path} lacks the column 'primary_label'. "
+                         f"Received: columns={list(taxonomy.columns)}")
+    labels = sorted({label.strip() for label in taxonomy["primary_label"] if label.strip()})
+    metadata = read_csv_with_columns(csv_path, ["primary_label", "secondary_labels", "filename"])
+    table = recordings_table(
+        birdclef_audio_dir(csv_path.parent), metadata["filename"], metadata["primary_label"],
+        [parse_label_list(v, csv_path) for v in metadata["secondary_labels"]], metadata,
+        label_folders=metadata["primary_label"])
+    return table, labels
+
+
+def read_cornell(data: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Cornell 2020 ``train.csv``: ``ebird_code`` classes, secondary labels by species name."""
+    csv_path = data if data.is_file() else data / TRAIN_CSV
+    metadata = read_csv_with_columns(csv_path, ["ebird_code", "filename"])
+    codes = cornell_codes_by_name(metadata)
+    secondary = metadata.get("secondary_labels", pd.Series([""] * len(metadata)))
+    kept = metadata[[c for c in CORNELL_METADATA if c in metadata.columns]]
+    table = recordings_table(
+        csv_path.parent / "train_audio", metadata["filename"], metadata["ebird_code"],
+        [[codes.get(name, name) for name in parse_label_list(v, csv_path)] for v in secondary],
+        kept, label_folders=metadata["ebird_code"])
+    return table, labels_of_primaries(table)
+
+
+def read_folders(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """``ROOT/<label>/...`` audio files; see ``labels_of_folder`` for the folder names."""
+    root = Path(os.path.normpath(root.absolute()))
+    rows = []
+    for path in audio_files_under(root):
+        relative = path.relative_to(root)
+        folder_labels = labels_of_folder(relative.parts[0]) if len(relative.parts) > 1 else []
+        error = "" if len(relative.parts) > 1 else (
+            f"{LABEL_UNKNOWN}: the file lies directly in the data root, not in a class folder: "
+            f"{relative}")
+        rows.append({"path": str(path), "filename": relative.as_posix(),
+                     "primary_label": folder_labels[0] if folder_labels else "",
+                     "secondary_labels": folder_labels[1:], "boxes": None, "error": error,
+                     "folder": relative.parts[0] if len(relative.parts) > 1 else ""})
+    table = pd.DataFrame(rows, columns=[*CATALOG_COLUMNS, "folder"])
+    labels = sorted({label for row in table.itertuples() if not row.error
+                     for label in [row.primary_label, *row.secondary_labels] if label})
+    return table, labels
+
+
+def read_raven(root: Path, label_column: str) -> tuple[pd.DataFrame, list[str]]:
+    """Raven selection tables beside their audio; each table is one recording with boxes."""
+    root = Path(os.path.normpath(root.absolute()))
+    boxes_by_audio: dict[Path, list] = {}
+    missing = []
+    for table_path in sorted(root.rglob("*" + RAVEN_SUFFIX)):
+        boxes = read_selection_table(table_path, label_column)
+        audio = raven_audio_path(table_path)
+        if audio is None:
+            missing.append(table_path)
+            continue
+        boxes_by_audio.setdefault(audio, []).extend(boxes)
+    rows = [raven_row(root, audio, boxes) for audio, boxes in boxes_by_audio.items()]
+    rows += [{"path": str(t.parent / raven_stem(t)), "filename": t.relative_to(root).as_posix(),
+              "primary_label": "", "secondary_labels": [], "boxes": [],
+              "error": f"{FILE_MISSING}: no audio file "
+                       f"{raven_stem(t)}{{{','.join(AUDIO_SUFFIXES)}}} beside the table {t}"}
+             for t in missing]
+    unannotated = len(set(audio_files_under(root)) - set(boxes_by_audio))
+    if unannotated:
+        log.warning("%d audio file(s) under %s have no Raven selection table and are not part "
+                    "of the data set.", unannotated, root)
+    table = pd.DataFrame(rows, columns=CATALOG_COLUMNS)
+    labels = sorted({label for boxes in table["boxes"] for _, _, label in boxes})
+    return table, labels
+
+
+def read_plain_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """``filename,label[,secondary_labels]``; the labels are the ``label`` values."""
     metadata = read_csv_with_columns(csv_path, ["filename", "label"])
     secondary = metadata.get("secondary_labels", pd.Series([""] * len(metadata)))
-    return pd.DataFrame({
-        "path": [str(resolve_inside(csv_path.parent, f, csv_path)) for f in metadata["filename"]],
-        "filename": metadata["filename"].astype(str),
-        "primary_label": metadata["label"].astype(str),
-        "secondary_labels": [parse_label_list(v, csv_path) for v in secondary],
+    table = recordings_table(csv_path.parent, metadata["filename"], metadata["label"],
+                             [parse_label_list(v, csv_path) for v in secondary], metadata)
+    empty = (table["primary_label"] == "") & (table["error"] == "")
+    table.loc[empty, "error"] = f"{LABEL_UNKNOWN}: the label is empty"
+    return table, labels_of_primaries(table)
+
+
+# --- Helpers of the readers ----------------------------------------------------------------
+
+
+def recordings_table(audio_dir: Path, filenames, primary, secondary: list[list[str]],
+                     metadata: pd.DataFrame | None = None,
+                     label_folders=None) -> pd.DataFrame:
+    """Catalog rows for files named relative to ``audio_dir``.
+
+    A bare filename (no folder) is looked for under ``<label folder>/`` when
+    ``label_folders`` is given (BirdCLEF 2021, Cornell). A filename leading outside
+    ``audio_dir`` gets the error ``path outside the data root``. The other ``metadata``
+    columns are kept.
+    """
+    filenames = [str(f).strip() for f in filenames]
+    folders = list(label_folders) if label_folders is not None else [""] * len(filenames)
+    located = [audio_path(audio_dir, name if "/" in name or not folder else f"{folder}/{name}")
+               for name, folder in zip(filenames, folders)]
+    table = pd.DataFrame({
+        "path": [path for path, _ in located],
+        "filename": filenames,
+        "primary_label": [str(p).strip() for p in primary],
+        "secondary_labels": list(secondary),
+        "boxes": [None] * len(filenames),
+        "error": [error for _, error in located],
     })
+    if metadata is not None:
+        used = {"filename", "label", "primary_label", "secondary_labels", "ebird_code"}
+        for column in metadata.columns:
+            if column not in used and column not in table.columns:
+                table[column] = metadata[column].to_numpy()
+    return table
+
+
+def audio_path(root: Path, filename: str) -> tuple[str, str]:
+    """``(path, error)``: ``root / filename``, or an error when it leads outside ``root``.
+
+    The check is on the normalised path, not the resolved one, so a data folder may hold
+    symbolic links to audio stored elsewhere.
+    """
+    root = Path(os.path.normpath(root.absolute()))
+    path = Path(os.path.normpath(root / filename))
+    if not path.is_relative_to(root):
+        return str(path), (f"{PATH_OUTSIDE_ROOT}: {filename!r} leads outside {root}")
+    return str(path), ""
+
+
+def birdclef_audio_dir(root: Path) -> Path:
+    return next((root / d for d in BIRDCLEF_AUDIO_DIRS if (root / d).is_dir()),
+                root / BIRDCLEF_AUDIO_DIRS[0])
+
+
+def labels_of_primaries(table: pd.DataFrame) -> list[str]:
+    """Sorted primary labels of the rows without an error."""
+    return sorted({p for p, e in zip(table["primary_label"], table["error"]) if p and not e})
+
+
+def cornell_codes_by_name(metadata: pd.DataFrame) -> dict[str, str]:
+    """``{"Sci name_Common Name" | "Sci name" | "Common Name" | code: ebird_code}``."""
+    codes = {}
+    scientific = metadata.get("sci_name", pd.Series([""] * len(metadata)))
+    common = metadata.get("species", pd.Series([""] * len(metadata)))
+    for code, sci, name in zip(metadata["ebird_code"], scientific, common):
+        for key in (f"{sci}_{name}", sci, name, code):
+            if key and key != "_":
+                codes.setdefault(key.strip(), code.strip())
+    return codes
+
+
+def labels_of_folder(name: str) -> list[str]:
+    """Labels of a class folder: ``"a,b"`` -> ``["a", "b"]``; negatives and non-event -> ``[]``."""
+    if name.startswith("-") or name.strip().lower() in NON_EVENT_FOLDERS:
+        return []
+    return [label.strip() for label in name.split(",") if label.strip()]
+
+
+def audio_files_under(folder: Path) -> list[Path]:
+    """Audio files below ``folder`` (recursive, sorted), by suffix (``AUDIO_SUFFIXES``)."""
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def raven_stem(table_path: Path) -> str:
+    """``13738.Table.1.selections.txt`` -> ``13738``."""
+    stem = table_path.name[: -len(RAVEN_SUFFIX)]
+    return re.sub(r"\.Table\.\d+$", "", stem)
+
+
+def raven_audio_path(table_path: Path) -> Path | None:
+    """The audio file beside a selection table with the same stem, or ``None``."""
+    stem = raven_stem(table_path)
+    for candidate in sorted(table_path.parent.iterdir()):
+        if candidate.stem == stem and candidate.suffix.lower() in AUDIO_SUFFIXES:
+            return candidate
+    return None
+
+
+def read_selection_table(table_path: Path, label_column: str) -> list[tuple[float, float, str]]:
+    """The ``(begin_s, end_s, label)`` boxes of a Raven selection table (rows without a label
+    are skipped).
+
+    Raises:
+        ValueError: a missing column (naming the columns the table has) or a time that is not
+            a number.
+    """
+    table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
+    missing = [c for c in (RAVEN_BEGIN, RAVEN_END, label_column) if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"The Raven table {table_path} lacks the column(s) {missing}; it has "
+            f"{list(table.columns)} (choose the label column with --label-column). "
+            f"Received: label_column={label_column!r}")
+    try:
+        begin = table[RAVEN_BEGIN].astype(float).to_numpy()
+        end = table[RAVEN_END].astype(float).to_numpy()
+    except ValueError as error:
+        raise ValueError(f"The Raven table {table_path} has a time that is not a number. "
+                         f"Received: {error}") from error
+    return [(float(b), float(e), label.strip())
+            for b, e, label in zip(begin, end, table[label_column]) if label.strip()]
+
+
+def raven_row(root: Path, audio: Path, boxes: list) -> dict:
+    """One catalog row for an annotated recording: primary = its most frequent box label."""
+    counts = collections.Counter(label for _, _, label in boxes)
+    ranked = sorted(counts, key=lambda label: (-counts[label], label))
+    return {"path": str(audio), "filename": audio.relative_to(root).as_posix(),
+            "primary_label": ranked[0] if ranked else "", "secondary_labels": ranked[1:],
+            "boxes": boxes, "error": ""}
 
 
 def read_csv_with_columns(csv_path: Path, required: list[str]) -> pd.DataFrame:
@@ -104,7 +408,10 @@ def read_csv_with_columns(csv_path: Path, required: list[str]) -> pd.DataFrame:
 
 
 def parse_label_list(value, csv_path: Path) -> list[str]:
-    """``"['sp03', 'sp07']"`` (BirdCLEF), ``"sp03 sp07"`` or ``"sp03;sp07"`` -> list of labels."""
+    """``"['sp03', 'sp07']"`` (BirdCLEF), ``"sp03 sp07"`` or ``"sp03;sp07"`` -> list of labels.
+
+    Empty entries (BirdCLEF 2025 writes ``['']``) are dropped.
+    """
     text = str(value).strip()
     if text in ("", "[]", "nan"):
         return []
@@ -113,22 +420,16 @@ def parse_label_list(value, csv_path: Path) -> list[str]:
             parsed = ast.literal_eval(text)
         except (ValueError, SyntaxError) as error:
             raise ValueError(f"{csv_path}: cannot parse a label list. Received: {text!r}") from error
-        return [str(label) for label in parsed]
+        return [str(label).strip() for label in parsed if str(label).strip()]
     return [label for label in text.replace(";", " ").replace(",", " ").split() if label]
 
 
-def resolve_inside(root: Path, filename: str, csv_path: Path) -> Path:
-    """``root / filename``, refusing names that lead outside ``root`` (``../../etc/passwd``).
-
-    The check is on the normalised path, not the resolved one, so a data folder may hold
-    symbolic links to audio stored elsewhere.
-    """
-    root = Path(os.path.normpath(root.absolute()))
-    path = Path(os.path.normpath(root / filename))
-    if not path.is_relative_to(root):
-        raise ValueError(f"{csv_path}: a filename leads outside the data root {root}. "
-                         f"Received: filename={filename!r}")
-    return path
+def mark_unknown_primary_labels(table: pd.DataFrame, labels: list[str]) -> list[str]:
+    """The ``error`` column, with ``label unknown`` added for primary labels not in ``labels``."""
+    known = set(labels)
+    return [error or (f"{LABEL_UNKNOWN}: {primary!r} is not a class of this data set"
+                      if primary and primary not in known else "")
+            for primary, error in zip(table["primary_label"], table["error"])]
 
 
 def drop_unknown_secondary_labels(secondary: pd.Series, labels: list[str]) -> list[list[str]]:
@@ -136,9 +437,56 @@ def drop_unknown_secondary_labels(secondary: pd.Series, labels: list[str]) -> li
     kept = [[label for label in row if label in known] for row in secondary]
     dropped = sum(len(row) for row in secondary) - sum(len(row) for row in kept)
     if dropped:
-        log.warning("Ignored %d secondary label(s) that are not the primary label of any "
-                    "recording, so have no class.", dropped)
+        log.warning("Ignored %d secondary label(s) that are not classes of the data set.",
+                    dropped)
     return kept
+
+
+# --- Targets --------------------------------------------------------------------------------
+
+
+def recording_target(primary_label: str, secondary_labels: list[str],
+                     labels: list[str]) -> np.ndarray:
+    """Multi-hot ``[classes]`` of a recording's labels; all zeros for ``primary_label=""``."""
+    return labels_lib.to_multi_hot([l for l in [primary_label, *secondary_labels] if l], labels)
+
+
+def window_targets(start_s: np.ndarray, window_s: float, labels: list[str],
+                   recording: np.ndarray, boxes: list | None = None,
+                   min_overlap_s: float = 0.5) -> np.ndarray:
+    """Multi-hot ``[windows, classes]`` for windows starting at ``start_s``.
+
+    Without ``boxes`` every window gets the recording's target. With boxes (Raven), a window
+    ``[start, start + window_s)`` gets a box's label when they overlap by at least
+    ``min(min_overlap_s, box length)`` seconds, and by more than zero.
+
+    Args:
+        start_s: window start times, seconds ``[windows]``.
+        window_s: window length, seconds.
+        labels: the class list.
+        recording: the recording's multi-hot target ``[classes]``.
+        boxes: ``None`` or ``(begin_s, end_s, label)`` tuples.
+        min_overlap_s: the overlap a box needs, seconds.
+
+    Example:
+        >>> window_targets(np.array([0.0, 5.0]), 5.0, ["a"], np.zeros(1), [(4.0, 6.0, "a")])
+        array([[1.], [1.]], dtype=float32)
+    """
+    start_s = np.asarray(start_s, np.float64).reshape(-1)
+    if boxes is None:
+        return np.tile(np.asarray(recording, np.float32), (len(start_s), 1))
+    index = {label: i for i, label in enumerate(labels)}
+    targets = np.zeros((len(start_s), len(labels)), np.float32)
+    for begin_s, end_s, label in boxes:
+        if label not in index:
+            continue
+        overlap_s = np.minimum(end_s, start_s + window_s) - np.maximum(begin_s, start_s)
+        needed_s = min(min_overlap_s, end_s - begin_s)
+        targets[(overlap_s > 0) & (overlap_s >= needed_s), index[label]] = 1.0
+    return targets
+
+
+# --- Split ----------------------------------------------------------------------------------
 
 
 def assign_split(table: pd.DataFrame, validation_fraction: float, seed: int) -> pd.DataFrame:
@@ -146,18 +494,20 @@ def assign_split(table: pd.DataFrame, validation_fraction: float, seed: int) -> 
 
     The split is by recording, so no window of a recording is in both splits. From each
     class ``round(n * validation_fraction)`` recordings go to validation, at least one when a
-    class has two or more, and never all of them.
+    class has two or more, and never all of them. Negative and non-event recordings
+    (``primary_label=""``) form one more group.
 
     Returns:
         A copy of ``table`` with the ``split`` column.
     """
     rng = np.random.default_rng(seed)
     split = np.array(["train"] * len(table), dtype=object)
+    positions = pd.Series(np.arange(len(table)), index=table.index)
     for _, rows in table.groupby("primary_label", sort=True):
         n = len(rows)
         if n < 2:
             continue
         num_valid = min(max(1, int(round(n * validation_fraction))), n - 1)
-        chosen = rng.choice(rows.index.to_numpy(), size=num_valid, replace=False)
+        chosen = rng.choice(positions[rows.index].to_numpy(), size=num_valid, replace=False)
         split[chosen] = "valid"
     return table.assign(split=split)

@@ -98,12 +98,28 @@ class FrontendConfig:
         _require(self.top_db is None or self.top_db > 0, "frontend.top_db", self.top_db)
 
 
+DATA_LAYOUTS = ("auto", "birdclef", "birdclef2025", "cornell", "folders", "raven", "csv")
+WINDOW_SELECTIONS = ("all", "first", "random")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where recordings come from and how records are written and read.
 
     Attributes:
-        path: the data set: a folder (BirdCLEF layout with ``train_metadata.csv``) or a CSV.
+        path: the data set: a folder or a CSV in one of the layouts below (see
+            ``tfbird.catalog``).
+        layout: ``"auto"`` (``catalog.detect_layout``) or one of ``"birdclef"`` (2021-2024
+            ``train_metadata.csv``), ``"birdclef2025"`` (``train.csv`` + ``taxonomy.csv``),
+            ``"cornell"`` (Cornell 2020 ``train.csv``), ``"folders"`` (a folder per class),
+            ``"raven"`` (``*.selections.txt`` beside the audio), ``"csv"`` (plain CSV).
+        label_column: the column of a Raven selection table that holds the label.
+        min_overlap_s: a Raven box labels a window when they overlap by at least this many
+            seconds, or by the whole box when it is shorter.
+        window_selection: which windows of a recording are written: ``"all"``, ``"first"``
+            (the first ``windows_per_recording``) or ``"random"`` (``windows_per_recording``
+            drawn without replacement, seeded by ``seed`` and the filename, kept in time order).
+        windows_per_recording: the N of ``"first"`` and ``"random"``; ignored by ``"all"``.
         synthetic: ``path`` is tfbird's synthetic corpus (``synth`` section), generated there
             by ``train`` when it is not on disk yet (the demo).
         records: folder of TFRecord shards and ``manifest.json`` written by ingest.
@@ -123,6 +139,11 @@ class DataConfig:
     shuffle_buffer_size: int = 2048
     max_failures: float = 0.1
     seed: int = 0
+    layout: str = "auto"
+    label_column: str = "Species"
+    min_overlap_s: float = 0.5
+    window_selection: str = "all"
+    windows_per_recording: int = 1
 
     def validate(self) -> None:
         _require(0.0 < self.validation_fraction < 1.0, "data.validation_fraction",
@@ -131,6 +152,13 @@ class DataConfig:
         _require(self.shuffle_buffer_size >= 1, "data.shuffle_buffer_size",
                  self.shuffle_buffer_size)
         _require(self.max_failures >= 0, "data.max_failures", self.max_failures)
+        _require(self.layout in DATA_LAYOUTS, "data.layout", self.layout)
+        _require(self.label_column.strip() != "", "data.label_column", self.label_column)
+        _require(self.min_overlap_s >= 0, "data.min_overlap_s", self.min_overlap_s)
+        _require(self.window_selection in WINDOW_SELECTIONS, "data.window_selection",
+                 self.window_selection)
+        _require(self.windows_per_recording >= 1, "data.windows_per_recording",
+                 self.windows_per_recording)
 
 
 @dataclasses.dataclass(frozen=True)

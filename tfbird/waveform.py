@@ -25,7 +25,20 @@ from tfbird.config import AudioConfig
 
 
 class AudioDecodeError(ValueError):
-    """A file that cannot become a waveform; the message names the file and the reason."""
+    """A file that cannot become a waveform.
+
+    The message is ``"<reason>: <detail naming the file>"``; the reason is one of
+    ``DECODE_FAILURE_REASONS``, and ``failure_reason(message)`` gets it back.
+    """
+
+
+DECODE_FAILURE_REASONS = ("file missing", "empty", "unreadable", "no audio after decode",
+                          "all-NaN", "non-finite")
+
+
+def failure_reason(message: str) -> str:
+    """The reason part (before the first ``": "``) of an ``AudioDecodeError`` message."""
+    return message.split(": ", 1)[0]
 
 
 def load_waveform(path: str | Path, sample_rate_hz: int) -> np.ndarray:
@@ -39,20 +52,28 @@ def load_waveform(path: str | Path, sample_rate_hz: int) -> np.ndarray:
         float32 array ``[samples]``.
 
     Raises:
-        AudioDecodeError: missing, unreadable or empty file, or one with NaN/inf samples.
+        AudioDecodeError: missing file (``file missing``), zero bytes (``empty``), not audio
+            (``unreadable``), no frames (``no audio after decode``), only NaN samples
+            (``all-NaN``) or some NaN/inf samples (``non-finite``).
     """
     path = Path(path)
     if not path.is_file():
         raise AudioDecodeError(f"file missing: {path}")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"empty: the file has zero bytes: {path}")
     try:
         audio, source_rate_hz = soundfile.read(path, dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile raises several types; all mean "unreadable".
         raise AudioDecodeError(f"unreadable: {path}: {error}") from error
     if audio.shape[0] == 0:
-        raise AudioDecodeError(f"empty: no audio frames after decoding: {path}")
+        raise AudioDecodeError(f"no audio after decode: the file holds no audio frames: {path}")
     mono = audio.mean(axis=1, dtype=np.float32)
-    if not np.all(np.isfinite(mono)):
-        raise AudioDecodeError(f"non-finite samples (NaN or inf) after decoding: {path}")
+    finite = np.isfinite(mono)
+    if not finite.any():
+        raise AudioDecodeError(f"all-NaN: every sample is non-finite (NaN or inf): {path}")
+    if not finite.all():
+        raise AudioDecodeError(f"non-finite: {np.count_nonzero(~finite)} of {len(mono)} "
+                               f"samples are NaN or inf: {path}")
     return resample(mono, source_rate_hz, sample_rate_hz)
 
 
@@ -76,7 +97,8 @@ def decode_for_pipeline(path: bytes, sample_rate_hz: int) -> tuple[np.ndarray, b
     try:
         return load_waveform(path.decode("utf-8"), int(sample_rate_hz)), b""
     except Exception as error:  # Reported per file by the caller, never dropped.
-        message = str(error) if isinstance(error, AudioDecodeError) else f"{type(error).__name__}: {error}"
+        message = (str(error) if isinstance(error, AudioDecodeError)
+                   else f"unreadable: {type(error).__name__}: {error}")
         return np.zeros([1], np.float32), message.encode("utf-8")
 
 
