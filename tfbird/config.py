@@ -304,6 +304,57 @@ class ExportConfig:
     exports_dir: str = "exports"
 
 
+ANALYZE_FORMATS = ("csv", "raven", "audacity", "json")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeConfig:
+    """How ``tfbird analyze`` runs an exported model over long recordings.
+
+    Not a section of ``Config``: the audio settings (sample rate, window length) come from
+    the model being run, these settings from the command line.
+
+    Attributes:
+        overlap_s: overlap of consecutive windows, in seconds (0 = back to back); must be
+            shorter than the model's window.
+        min_conf: smallest probability reported as a detection, in [0, 1].
+        top_n: at most this many labels per window (highest first); ``None`` keeps all.
+        merge_consecutive: merge detections of one label in overlapping or touching
+            windows into one row (its confidence is the highest of the merged windows).
+        species_list: text file with one label per line; only these labels are reported.
+        formats: outputs written per recording, any of ``ANALYZE_FORMATS``.
+        batch_size: windows per inference call.
+        block_s: audio read (and resampled) per step, in seconds; bounds the memory used by
+            one recording, however long.
+        jobs: worker processes, one recording each at a time.
+        out_dir: folder of the outputs, the error log and the combined CSV.
+        overwrite: analyse again recordings whose outputs are present and up to date.
+    """
+
+    overlap_s: float = 0.0
+    min_conf: float = 0.1
+    top_n: int | None = None
+    merge_consecutive: bool = False
+    species_list: str | None = None
+    formats: tuple[str, ...] = ("csv",)
+    batch_size: int = 16
+    block_s: float = 60.0
+    jobs: int = 1
+    out_dir: str = "analysis"
+    overwrite: bool = False
+
+    def validate(self) -> "AnalyzeConfig":
+        _require(self.overlap_s >= 0, "analyze.overlap_s", self.overlap_s)
+        _require(0.0 <= self.min_conf <= 1.0, "analyze.min_conf", self.min_conf)
+        _require(self.top_n is None or self.top_n >= 1, "analyze.top_n", self.top_n)
+        _require(len(self.formats) >= 1 and set(self.formats) <= set(ANALYZE_FORMATS),
+                 "analyze.formats", self.formats)
+        _require(self.batch_size >= 1, "analyze.batch_size", self.batch_size)
+        _require(self.block_s > 0, "analyze.block_s", self.block_s)
+        _require(self.jobs >= 1, "analyze.jobs", self.jobs)
+        return self
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     audio: AudioConfig = AudioConfig()

@@ -19,30 +19,51 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import tempfile
 from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
-from tfbird import config, labels as labels_lib
+from tfbird import config, labels as labels_lib, metrics
 from tfbird.frontend import build_frontend
 from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "probabilities"
+EMBED_SIGNATURE = "embed"
+EMBEDDING_NAME = "embedding"
+LABELS_SIGNATURE = "labels"
+LABELS_NAME = "labels"
+# The classifier layer whose input is the pooled ResNet50 features (the embedding).
+EMBEDDING_LAYER = "dropout"
 TFLITE_FILE = "model.tflite"
+# ``--quantize`` variants and their file names (``none`` is the float32 model).
+TFLITE_FILES = {"none": TFLITE_FILE, "float16": "model_float16.tflite",
+                "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
+QUANTIZATIONS = tuple(TFLITE_FILES)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
+    """Attributes: the version folder, ``{quantization: path}`` of the TFLite files, the
+    Keras serving and embedding models they were made from, and the labels."""
+
     saved_model_dir: Path
-    tflite_path: Path | None
+    tflite_paths: dict[str, Path]
     serving_model: keras.Model
+    embedding_model: keras.Model
     labels: list[str]
+
+    @property
+    def tflite_path(self) -> Path | None:
+        """The float32 TFLite file (or the first variant written), if any."""
+        return self.tflite_paths.get("none", next(iter(self.tflite_paths.values()), None))
 
 
 def newest_run(runs_dir: str | Path) -> Path:
@@ -63,6 +84,19 @@ def build_serving_model(cfg: config.Config, classifier: keras.Model) -> keras.Mo
     return keras.Model(waveform, probabilities, name="tfbird_serving")
 
 
+def build_embedding_model(cfg: config.Config, classifier: keras.Model) -> keras.Model:
+    """Waveform ``[batch, window_samples]`` -> pooled ResNet50 features ``[batch, 2048]``.
+
+    The features are the input of the classifier's ``dropout``/``logits`` head; the model
+    shares its weights with ``classifier``.
+    """
+    features = keras.Model(classifier.input, classifier.get_layer(EMBEDDING_LAYER).input,
+                           name="tfbird_features")
+    waveform = keras.Input(shape=(cfg.audio.window_samples,), name=INPUT_NAME)
+    embedding = features(build_frontend(cfg.audio, cfg.frontend)(waveform))
+    return keras.Model(waveform, embedding, name="tfbird_embedding")
+
+
 def next_version(model_dir: Path) -> int:
     versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
@@ -70,7 +104,8 @@ def next_version(model_dir: Path) -> int:
 
 def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
                model_name: str | None = None, version: int | None = None,
-               tflite: bool = False) -> ExportResult:
+               tflite: bool = False, quantize: tuple[str, ...] = ("none",),
+               calibration_waveforms: np.ndarray | None = None) -> ExportResult:
     """Exports the best model of a run.
 
     Args:
@@ -78,44 +113,77 @@ def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
         exports_dir: parent of the model folders; default ``export.exports_dir`` of the run.
         model_name: model folder name; default ``export.model_name`` of the run.
         version: version folder number; default the next free integer.
-        tflite: also write ``model.tflite`` (builtin ops only, dynamic batch).
+        tflite: also write TFLite files (builtin ops only, dynamic batch).
+        quantize: the TFLite variants to write, any of ``QUANTIZATIONS``; each goes to its
+            ``TFLITE_FILES`` name.
+        calibration_waveforms: float32 ``[n, window_samples]`` windows that calibrate the
+            ``int8`` variant (see ``pipeline.record_windows``); required for it.
 
     Returns:
-        Where things were written, and the Keras serving model they were made from.
+        Where things were written, and the Keras models they were made from.
     """
     run_dir = Path(run_dir)
     if not (run_dir / MODEL_FILE).is_file():
         raise ValueError(f"No {MODEL_FILE} in the run folder. Received: run_dir={str(run_dir)!r}")
+    check_quantize(quantize, calibration_waveforms)
     cfg = config.load(run_dir / CONFIG_FILE)
     labels = labels_lib.read_labels(run_dir / LABELS_FILE)
-    serving_model = build_serving_model(cfg, keras.models.load_model(run_dir / MODEL_FILE))
+    classifier = keras.models.load_model(run_dir / MODEL_FILE)
+    serving_model = build_serving_model(cfg, classifier)
+    embedding_model = build_embedding_model(cfg, classifier)
 
     model_dir = Path(exports_dir or cfg.export.exports_dir) / (model_name or cfg.export.model_name)
     version_dir = model_dir / str(version or next_version(model_dir))
     if version_dir.exists():
         raise ValueError(f"Export version folder already exists. Received: version_dir={version_dir}")
-    save_serving_model(serving_model, version_dir, labels, cfg)
-    tflite_path = None
-    if tflite:
-        tflite_path = version_dir / TFLITE_FILE
-        tflite_path.write_bytes(convert_to_tflite(serving_model))
-    return ExportResult(version_dir, tflite_path, serving_model, labels)
+    save_serving_model(serving_model, version_dir, labels, cfg, embedding_model)
+    tflite_paths = {}
+    for variant in (quantize if tflite else ()):
+        tflite_paths[variant] = version_dir / TFLITE_FILES[variant]
+        tflite_paths[variant].write_bytes(
+            convert_to_tflite(serving_model, variant, calibration_waveforms))
+    return ExportResult(version_dir, tflite_paths, serving_model, embedding_model, labels)
 
 
-def serving_function(model: keras.Model, window_samples: int) -> tf.types.experimental.PolymorphicFunction:
-    """The ``serving_default`` signature: ``{waveform}`` -> ``{probabilities}``."""
+def check_quantize(quantize: tuple[str, ...], calibration_waveforms: np.ndarray | None) -> None:
+    unknown = [q for q in quantize if q not in QUANTIZATIONS]
+    if unknown or not quantize:
+        raise ValueError(f"quantize must list some of {list(QUANTIZATIONS)}. "
+                         f"Received: quantize={list(quantize)}")
+    if "int8" in quantize and (calibration_waveforms is None or not len(calibration_waveforms)):
+        raise ValueError("int8 quantization needs calibration waveforms (windows from the "
+                         "training records). Received: calibration_waveforms=None")
+
+
+def serving_function(model: keras.Model, window_samples: int,
+                     output_name: str = OUTPUT_NAME) -> tf.types.experimental.PolymorphicFunction:
+    """A waveform signature (``serving_default``, ``embed``): ``{waveform}`` -> ``{output_name}``."""
     spec = tf.TensorSpec([None, window_samples], tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
     def serve(waveform):
-        return {OUTPUT_NAME: model(waveform, training=False)}
+        return {output_name: model(waveform, training=False)}
 
     return serve
 
 
+def labels_function(labels: list[str]) -> tf.types.experimental.PolymorphicFunction:
+    """The ``labels`` signature: no input -> ``{labels: string [num_classes]}``."""
+
+    @tf.function(input_signature=[])
+    def list_labels():
+        return {LABELS_NAME: tf.constant(labels, tf.string)}
+
+    return list_labels
+
+
 def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
-                       cfg: config.Config) -> None:
-    """Writes the SavedModel with its ``serving_default`` signature and asset files."""
+                       cfg: config.Config, embedding_model: keras.Model) -> None:
+    """Writes the SavedModel with its three signatures and asset files.
+
+    Signatures: ``serving_default`` (waveform -> probabilities), ``embed`` (waveform ->
+    pooled features) and ``labels`` (no input -> the class names).
+    """
     with tempfile.TemporaryDirectory() as staging:
         labels_path = Path(staging) / "labels.txt"
         labels_lib.write_labels(labels, labels_path)
@@ -124,29 +192,85 @@ def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
 
         module = tf.Module()
         module.model = model
+        module.embedding_model = embedding_model
         module.labels_file = tf.saved_model.Asset(str(labels_path))
         module.config_file = tf.saved_model.Asset(str(config_path))
-        serve = serving_function(model, cfg.audio.window_samples)
-        tf.saved_model.save(module, str(version_dir), signatures={SIGNATURE: serve})
+        signatures = {
+            SIGNATURE: serving_function(model, cfg.audio.window_samples),
+            EMBED_SIGNATURE: serving_function(embedding_model, cfg.audio.window_samples,
+                                              EMBEDDING_NAME),
+            LABELS_SIGNATURE: labels_function(labels),
+        }
+        tf.saved_model.save(module, str(version_dir), signatures=signatures)
 
 
 def model_contract(cfg: config.Config, labels: list[str]) -> dict:
     """What a client must know to feed the model: saved as ``assets/model_config.json``."""
     dicts = config.to_dict(cfg)
     return {"input": INPUT_NAME, "output": OUTPUT_NAME,
+            "signatures": {SIGNATURE: OUTPUT_NAME, EMBED_SIGNATURE: EMBEDDING_NAME,
+                           LABELS_SIGNATURE: LABELS_NAME},
             "window_samples": cfg.audio.window_samples, "num_classes": len(labels),
             "audio": dicts["audio"], "frontend": dicts["frontend"]}
 
 
-def convert_to_tflite(model: keras.Model) -> bytes:
+def convert_to_tflite(model: keras.Model, quantize: str = "none",
+                      calibration_waveforms: np.ndarray | None = None) -> bytes:
     """Converts the Keras serving model with builtin TFLite ops only.
 
     ``from_keras_model`` is used on purpose: converting the SavedModel or the serving
     ``tf.function`` gave NaN probabilities on TF 2.21, while this path matches Keras.
+
+    Args:
+        model: the serving model (waveform in, probabilities out).
+        quantize: ``"none"`` (float32), ``"float16"`` (float16 weights), ``"dynamic"``
+            (int8 weights, float activations) or ``"int8"`` (int8 weights and activations,
+            calibrated on ``calibration_waveforms``; see ``quantize_int8``).
+        calibration_waveforms: float32 ``[n, window_samples]``, for ``"int8"`` only.
     """
+    check_quantize((quantize,), calibration_waveforms)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return converter.convert()
+    if quantize == "none":
+        return converter.convert()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize in ("float16", "dynamic"):
+        return converter.convert()
+    return quantize_int8(converter, calibration_waveforms)
+
+
+# Layers kept in float32 by the int8 conversion (matched against TFLite tensor names).
+INT8_FLOAT_LAYERS = ("log_mel_spectrogram", "standardize")
+
+
+def quantize_int8(converter: tf.lite.TFLiteConverter, calibration_waveforms: np.ndarray) -> bytes:
+    """int8 weights and activations for the classifier, float32 for the front end.
+
+    A plain int8 conversion also quantizes the front end: the waveform, the power spectrum
+    (whose values span ~15 orders of magnitude) and the log become int8, and the
+    probabilities are useless (max difference to Keras ~0.98 on the demo model). So ops
+    without int8 kernels fall back to float (``TFLITE_BUILTINS`` next to
+    ``TFLITE_BUILTINS_INT8``), and the layers in ``INT8_FLOAT_LAYERS`` are denylisted
+    through the quantization debugger, the documented way to quantize selectively.
+    """
+    def representative_dataset():
+        for waveform in np.asarray(calibration_waveforms, np.float32):
+            yield [waveform[None]]
+
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative_dataset)
+    names = [tensor["name"] for tensor in tf.lite.Interpreter(
+        model_content=debugger.calibrated_model).get_tensor_details()]
+    keep_float = sorted({name for name in names
+                         if any(f"/{layer}" in name for layer in INT8_FLOAT_LAYERS)})
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=keep_float)
+    return debugger.get_nondebug_quantized_model()
 
 
 # --- Running the exported artifacts (used by the agreement check and tests) -----------------
@@ -169,12 +293,110 @@ def run_tflite(tflite_path: Path, waveforms: np.ndarray) -> np.ndarray:
     return probabilities
 
 
+def tflite_output_key(variant: str) -> str:
+    """``compare_outputs`` key of a TFLite variant: ``tflite``, ``tflite_int8``, ..."""
+    return "tflite" if variant == "none" else f"tflite_{variant}"
+
+
 def compare_outputs(result: ExportResult, waveforms: np.ndarray) -> dict[str, float]:
-    """Largest absolute probability difference of SavedModel and TFLite against Keras."""
+    """Largest absolute probability difference of each exported artifact against Keras.
+
+    Keys: ``saved_model``, ``tf_serving_request`` (the SavedModel through a
+    ``PredictRequest``, when ``tensorflow-serving-api`` is installed) and one
+    ``tflite_output_key(variant)`` per TFLite file.
+    """
     keras_probabilities = result.serving_model.predict(waveforms, verbose=0)
     differences = {"saved_model": float(np.abs(
         run_saved_model(result.saved_model_dir, waveforms) - keras_probabilities).max())}
-    if result.tflite_path is not None:
-        differences["tflite"] = float(np.abs(
-            run_tflite(result.tflite_path, waveforms) - keras_probabilities).max())
+    if serving_api_available():
+        response = serve_predict_request(result.saved_model_dir, predict_request(waveforms))
+        served = tf.make_ndarray(response.outputs[OUTPUT_NAME])
+        differences["tf_serving_request"] = float(np.abs(served - keras_probabilities).max())
+    for variant, path in result.tflite_paths.items():
+        differences[tflite_output_key(variant)] = float(np.abs(
+            run_tflite(path, waveforms) - keras_probabilities).max())
     return differences
+
+
+def evaluate_tflite_variants(result: ExportResult, waveforms: np.ndarray,
+                             targets: np.ndarray | None = None) -> pd.DataFrame:
+    """Size and agreement with Keras of each TFLite file, on labelled windows.
+
+    Args:
+        result: an export with TFLite files.
+        waveforms: float32 ``[n, window_samples]``, e.g. validation windows.
+        targets: multi-hot ``[n, classes]`` of the windows; adds the macro ROC-AUC.
+
+    Returns:
+        One row per variant: ``variant``, ``size_mb``, ``max_abs_diff`` and
+        ``mean_abs_diff`` (probabilities against Keras), and with targets ``roc_auc`` and
+        ``roc_auc_change`` (variant minus Keras).
+    """
+    keras_probabilities = result.serving_model.predict(waveforms, verbose=0)
+    keras_auc = metrics.macro_roc_auc(targets, keras_probabilities) if targets is not None else None
+    rows = []
+    for variant, path in result.tflite_paths.items():
+        probabilities = run_tflite(path, waveforms)
+        difference = np.abs(probabilities - keras_probabilities)
+        row = {"variant": variant, "size_mb": path.stat().st_size / 1e6,
+               "max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean())}
+        if targets is not None:
+            row["roc_auc"] = metrics.macro_roc_auc(targets, probabilities)
+            row["roc_auc_change"] = row["roc_auc"] - keras_auc
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- The TF Serving request path, without a server -------------------------------------------
+
+
+def serving_api_available() -> bool:
+    """``tensorflow-serving-api`` (the ``serving`` extra) is importable."""
+    return importlib.util.find_spec("tensorflow_serving") is not None
+
+
+def predict_request(waveforms: np.ndarray, model_name: str = "tfbird",
+                    signature_name: str = SIGNATURE):
+    """A TF Serving ``PredictRequest`` holding ``waveforms`` as its ``waveform`` input."""
+    if not serving_api_available():
+        raise ValueError("The TF Serving client protos are missing; install them with "
+                         "pip install 'tfbird[serving]'. Received: tensorflow_serving=None")
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    if signature_name != LABELS_SIGNATURE:
+        request.inputs[INPUT_NAME].CopyFrom(
+            tf.make_tensor_proto(np.asarray(waveforms, np.float32)))
+    return request
+
+
+def serve_predict_request(saved_model_dir: Path, request):
+    """Answers a ``PredictRequest`` as TF Serving does, in this process.
+
+    Loads the SavedModel with ``tf.saved_model.load``, picks the requested signature
+    (``serving_default`` when none is named), checks the input names against it, converts
+    the ``TensorProto`` inputs with ``tf.make_ndarray``, runs the signature and packs every
+    output (or those in ``request.output_filter``) into a ``PredictResponse``.
+    """
+    from tensorflow_serving.apis import predict_pb2
+
+    signature_name = request.model_spec.signature_name or SIGNATURE
+    signatures = tf.saved_model.load(str(saved_model_dir)).signatures
+    if signature_name not in signatures:
+        raise ValueError(f"Serving signature not found; the model has {sorted(signatures)}. "
+                         f"Received: signature_name={signature_name!r}")
+    signature = signatures[signature_name]
+    expected = set(signature.structured_input_signature[1])
+    if set(request.inputs) != expected:
+        raise ValueError(f"Request inputs do not match the signature's {sorted(expected)}. "
+                         f"Received: inputs={sorted(request.inputs)}")
+    inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+    outputs = signature(**inputs)
+    response = predict_pb2.PredictResponse()
+    response.model_spec.CopyFrom(request.model_spec)
+    response.model_spec.signature_name = signature_name
+    for name in (request.output_filter or outputs):
+        response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name].numpy()))
+    return response

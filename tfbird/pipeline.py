@@ -20,7 +20,7 @@ from tfbird.waveform import load_waveform
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+AUDIO_SUFFIXES = catalog.AUDIO_SUFFIXES
 
 
 def prepare_and_train(cfg: config.Config, data_given: bool = False,
@@ -43,7 +43,7 @@ def prepare_and_train(cfg: config.Config, data_given: bool = False,
     records_dir = Path(cfg.data.records)
     if reingest or not records_match(records_dir, cfg):
         log.info("Ingesting %s into %s", data, records_dir)
-        manifest = ingest.ingest(cfg, data, records_dir, progress=progress)
+        manifest = ingest.ingest(cfg, data, records_dir, progress=progress, resume=not reingest)
     else:
         manifest = ingest.read_manifest(records_dir)
         log.info("Reusing the records in %s (same data and settings; --reingest rewrites)",
@@ -69,7 +69,8 @@ def records_match(records_dir: Path, cfg: config.Config) -> bool:
         return False
     expected = ingest.build_manifest(cfg, cfg.data.path, manifest["labels"], {}, 0)
     return all(manifest.get(key) == expected[key]
-               for key in ("schema_version", "source", "audio", "frontend", "feature", "split"))
+               for key in ("schema_version", "source", "audio", "frontend", "feature", "split",
+                           "selection"))
 
 
 def audio_files(folder: str | Path) -> list[Path]:
@@ -97,3 +98,55 @@ def check_windows(source: str | Path, audio: config.AudioConfig, count: int = 8)
             if offset == 0 or len(window) == size:
                 windows.append(np.pad(window, (0, size - len(window))))
     return np.stack(windows[:count]).astype(np.float32)
+
+
+def record_windows(records_dir: str | Path, split: str, audio: config.AudioConfig,
+                   limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The waveforms of the windows a split of the records was made from, with their targets.
+
+    Records hold log-mels, not audio; each also names its recording and start time, so the
+    window is cut again from the recording (found through the data set the manifest names).
+    Used to calibrate the int8 TFLite model on training windows and to score the TFLite
+    variants on validation windows.
+
+    Args:
+        records_dir: folder with ``manifest.json`` and the shards.
+        split: ``"train"`` or ``"valid"``.
+        audio: sample rate and window length of the model.
+        limit: at most this many windows, spread evenly over the split; ``None`` takes all.
+
+    Returns:
+        ``(waveforms float32 [n, window_samples], targets float32 [n, classes])``.
+    """
+    import tensorflow as tf
+
+    from tfbird import dataset, records
+
+    manifest = ingest.read_manifest(records_dir)
+    num_classes = len(manifest["labels"])
+    description = {key: value for key, value in records.feature_description(num_classes).items()
+                   if key in (records.FILENAME, records.START_S, records.LABELS)}
+    shards = dataset.shard_paths(records_dir, manifest, split)
+    rows = [tf.io.parse_single_example(serialized, description)
+            for serialized in tf.data.TFRecordDataset(shards)]
+    if not rows:
+        raise ValueError(f"The {split!r} split of the records has no windows. "
+                         f"Received: records={str(records_dir)!r}")
+    if limit is not None and len(rows) > limit:
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+    table, _ = catalog.read_catalog(manifest["source"])
+    path_of = dict(zip(table["filename"], table["path"]))
+    size = audio.window_samples
+    waveforms, targets, loaded = [], [], {}
+    for row in rows:
+        filename = row[records.FILENAME].numpy().decode("utf-8")
+        if filename not in path_of:
+            raise ValueError(f"A record names a recording missing from the data set "
+                             f"{manifest['source']}. Received: filename={filename!r}")
+        if filename not in loaded:
+            loaded = {filename: load_waveform(path_of[filename], audio.sample_rate_hz)}
+        start = int(round(float(row[records.START_S]) * audio.sample_rate_hz))
+        window = loaded[filename][start:start + size]
+        waveforms.append(np.pad(window, (0, size - len(window))))
+        targets.append(row[records.LABELS].numpy())
+    return np.stack(waveforms).astype(np.float32), np.stack(targets).astype(np.float32)

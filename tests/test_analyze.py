@@ -1,0 +1,258 @@
+"""Analysis: streaming decode, windowing with overlap, merging calls, outputs that cover each
+recording, resuming, the error log, and a 2-minute real recording."""
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+
+from conftest import requires_shared_audio, shared_recordings
+from tfbird import analyze, cli, detections, exporter
+from tfbird.config import AnalyzeConfig
+from tfbird.waveform import AudioDecodeError, load_waveform
+
+
+def tone(duration_s, sample_rate_hz, freq_hz=2000.0, channels=1):
+    t = np.arange(int(duration_s * sample_rate_hz)) / sample_rate_hz
+    mono = 0.3 * np.sin(2 * np.pi * freq_hz * t)
+    return np.stack([mono] * channels, 1) if channels > 1 else mono
+
+
+# --- Streaming and windows (no model) ---------------------------------------------------
+
+
+def test_streamed_decode_equals_decoding_the_whole_file(tmp_path):
+    path = tmp_path / "stereo.flac"
+    soundfile.write(path, tone(7.3, 44100, channels=2), 44100)
+    streamed = np.concatenate(list(analyze.stream_waveform(path, 32000, block_s=0.7)))
+    whole = load_waveform(path, 32000)
+    assert abs(len(streamed) - len(whole)) <= 1
+    n = min(len(streamed), len(whole))
+    assert np.abs(streamed[:n] - whole[:n]).max() < 1e-4
+
+
+def test_streamed_decode_reports_bad_files(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("not audio")
+    for name, reason in [("missing.wav", "file missing"), ("empty.wav", "empty"),
+                         ("text.wav", "unreadable")]:
+        with pytest.raises(AudioDecodeError, match=f"^{reason}: .*{name}"):
+            list(analyze.stream_waveform(tmp_path / name, 32000))
+
+
+@pytest.mark.parametrize("num_samples", [3, 10, 23, 25, 40, 41])
+def test_stream_windows_match_window_starts_for_any_blocks(num_samples):
+    rng = np.random.default_rng(num_samples)
+    signal = np.arange(num_samples, dtype=np.float32) + 1  # sample i holds i + 1
+    cuts = np.sort(rng.choice(np.arange(1, num_samples), size=min(4, num_samples - 1),
+                              replace=False))
+    windows = list(analyze.stream_windows(np.split(signal, cuts), window_samples=10,
+                                          hop_samples=6))
+    starts = analyze.window_starts(num_samples, 10, 6)
+    assert [s for s, _ in windows] == starts.tolist()
+    for start, window in windows:
+        real = signal[start:start + 10]
+        np.testing.assert_array_equal(window, np.pad(real, (0, 10 - len(real))))
+    # The windows cover the recording, and only the last may start off the hop grid.
+    assert starts[0] == 0 and min(starts[-1] + 10, num_samples) == num_samples
+    assert all(s % 6 == 0 for s in starts[:-1])
+
+
+def test_window_starts_with_overlap():
+    assert analyze.window_starts(32, 10, 5).tolist() == [0, 5, 10, 15, 20, 22]
+    assert analyze.window_starts(30, 10, 10).tolist() == [0, 10, 20]
+    assert analyze.window_starts(4, 10, 5).tolist() == [0]
+    assert analyze.window_starts(0, 10, 5).tolist() == []
+    with pytest.raises(ValueError, match="Received: hop_samples=11"):
+        list(analyze.stream_windows([np.zeros(30)], 10, 11))
+
+
+def fake_info(labels=("sp00", "sp01"), sample_rate_hz=100, window_s=5.0):
+    return analyze.ModelInfo(path=None, kind="fake", labels=tuple(labels),
+                             sample_rate_hz=sample_rate_hz,
+                             window_samples=int(window_s * sample_rate_hz),
+                             band_hz=(20.0, 16000.0), modified_time=0.0)
+
+
+def test_overlap_and_merge_on_a_recording_with_known_calls():
+    """60 s at 100 Hz; sp00 calls at 12-18 s and 40-41 s, sp01 at 30-31 s. The fake model
+    scores a window 0.9 for a species whose call it overlaps, else 0.05."""
+    info = fake_info()
+    calls = {"sp00": [(12.0, 18.0), (40.0, 41.0)], "sp01": [(30.0, 31.0)]}
+    cfg = AnalyzeConfig(overlap_s=2.5, min_conf=0.5, merge_consecutive=True)
+    hop = info.window_samples - analyze.overlap_samples(cfg.overlap_s, info)
+    start_s = analyze.window_starts(60 * 100, info.window_samples, hop) / 100
+    end_s = start_s + info.window_s
+    scores = np.array([[0.9 if any(a < e and s < b for a, b in calls[label]) else 0.05
+                        for label in info.labels] for s, e in zip(start_s, end_s)])
+    assert np.allclose(np.diff(start_s), 2.5)
+
+    merged = analyze.detect(scores, start_s, 60.0, info, cfg, "rec.wav")
+    assert merged[["start_s", "end_s", "label"]].values.tolist() == [
+        [7.5, 22.5, "sp00"], [27.5, 35.0, "sp01"], [37.5, 45.0, "sp00"]]
+    for label, spans in calls.items():  # every call lies inside one merged row
+        rows = merged[merged["label"] == label]
+        for a, b in spans:
+            assert ((rows["start_s"] <= a) & (rows["end_s"] >= b)).sum() == 1
+
+    unmerged = analyze.detect(scores, start_s, 60.0, info,
+                              AnalyzeConfig(overlap_s=2.5, min_conf=0.5), "rec.wav")
+    assert len(unmerged) == 5 + 2 + 2  # windows overlapping each call
+    back_to_back = analyze.window_starts(60 * 100, info.window_samples, info.window_samples)
+    assert len(back_to_back) == 12
+
+
+def test_overlap_must_be_shorter_than_the_window():
+    with pytest.raises(ValueError, match="Received: overlap_s=5.0"):
+        analyze.overlap_samples(5.0, fake_info())
+
+
+def test_collect_recordings_from_folders_files_and_lists(tmp_path):
+    (tmp_path / "site" / "night").mkdir(parents=True)
+    for name in ["site/a.wav", "site/night/b.flac", "site/notes.md", "c.ogg"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("# recordings\nc.ogg\n\nsite/a.wav\n")
+    pairs = analyze.collect_recordings([tmp_path / "site"])
+    assert [(p.name, str(n)) for p, n in pairs] == [("a.wav", "a.wav"),
+                                                    ("b.flac", "night/b.flac")]
+    listed = analyze.collect_recordings([tmp_path / "list.txt"])
+    assert [str(n) for _, n in listed] == ["c.ogg", "a.wav"]
+    with pytest.raises(ValueError, match="same outputs"):
+        analyze.collect_recordings([tmp_path / "site", tmp_path / "list.txt"])
+    with pytest.raises(ValueError, match="Input not found"):
+        analyze.collect_recordings([tmp_path / "nope.wav"])
+
+
+# --- With a model ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_model_dir(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("analyze_exports")
+    return exporter.export_run(trained_run, exports_dir=out, model_name="birds").saved_model_dir
+
+
+def read_outputs(out_dir, name):
+    stem = out_dir / name
+    csv = pd.read_csv(stem.with_name(stem.name + ".csv"))
+    raven = pd.read_csv(stem.with_name(stem.name + ".selection.table.txt"), sep="\t")
+    audacity = pd.read_csv(stem.with_name(stem.name + ".audacity.txt"), sep="\t", header=None,
+                           names=["start_s", "end_s", "text"])
+    return csv, raven, audacity
+
+
+def assert_rows_cover(starts, ends, duration_s, window_s):
+    starts, ends = np.sort(np.asarray(starts)), np.sort(np.asarray(ends))
+    assert starts[0] == 0 and abs(ends[-1] - duration_s) < 0.01
+    assert np.all(starts[1:] <= ends[:-1] + 1e-3)  # no gaps
+    assert np.all(ends - starts <= window_s + 1e-3)
+
+
+def test_resume_skips_finished_files_and_bad_files_go_to_the_error_log(saved_model_dir,
+                                                                       tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    soundfile.write(audio / "a.wav", tone(7.0, 16000), 16000)
+    soundfile.write(audio / "b.flac", tone(3.0, 48000, 3000.0, channels=2), 48000)
+    (audio / "broken.wav").write_text("not audio")
+    cfg = AnalyzeConfig(min_conf=0.0, top_n=1, formats=("csv", "json"),
+                        out_dir=str(tmp_path / "out"))
+
+    first = analyze.analyze([audio], saved_model_dir, cfg, progress=False)
+    assert (first.analysed, first.skipped, first.failed) == (2, 0, 1)
+    assert first.audio_s == pytest.approx(10.0, abs=0.01) and first.realtime_factor > 0
+    errors = pd.read_csv(first.errors_path)
+    assert errors["file"].tolist() == [str(audio / "broken.wav")]
+    assert errors["reason"].str.startswith("unreadable").all()
+    combined = pd.read_csv(first.combined_csv)
+    assert combined.groupby("file").size().to_dict() == {str(audio / "a.wav"): 2,
+                                                         str(audio / "b.flac"): 1}
+    csv_a = tmp_path / "out" / "a.wav.csv"
+    written = csv_a.stat().st_mtime_ns
+
+    second = analyze.analyze([audio], saved_model_dir, cfg, progress=False)
+    assert (second.analysed, second.skipped, second.failed) == (0, 2, 1)
+    assert csv_a.stat().st_mtime_ns == written
+    assert len(pd.read_csv(second.combined_csv)) == 3
+
+    os.utime(csv_a, (time.time() - 1e6, time.time() - 1e6))  # older than the model: redo
+    third = analyze.analyze([audio], saved_model_dir, cfg, progress=False)
+    assert (third.analysed, third.skipped) == (1, 1)
+
+
+def test_analysis_outputs_agree_with_the_saved_model(saved_model_dir, tmp_path):
+    sample_rate_hz = 32000
+    waveform = np.random.default_rng(0).normal(scale=0.1, size=12 * sample_rate_hz)
+    soundfile.write(tmp_path / "noise.wav", waveform.astype(np.float32), sample_rate_hz,
+                    subtype="FLOAT")
+    cfg = AnalyzeConfig(min_conf=0.0, overlap_s=1.0, batch_size=3,
+                        out_dir=str(tmp_path / "out"))
+    analyze.analyze([tmp_path / "noise.wav"], saved_model_dir, cfg, progress=False)
+    rows = pd.read_csv(tmp_path / "out" / "noise.wav.csv")
+    starts = analyze.window_starts(len(waveform), 160000, 128000)
+    assert starts.tolist() == [0, 128000, 224000]
+    windows = np.stack([waveform[s:s + 160000] for s in starts]).astype(np.float32)
+    expected = exporter.run_saved_model(saved_model_dir, windows)
+    got = rows.pivot(index="start_s", columns="label", values="confidence")
+    np.testing.assert_allclose(got.index, starts / sample_rate_hz)
+    np.testing.assert_allclose(got[["sp00", "sp01"]].to_numpy(), expected, atol=1e-4)
+
+
+def test_analyze_cli_with_the_run_folder_and_a_species_list(trained_run, tmp_path, capsys):
+    soundfile.write(tmp_path / "call.wav", tone(6.0, 22050), 22050)
+    (tmp_path / "species.txt").write_text("sp01\n")
+    assert cli.main(["analyze", str(tmp_path / "call.wav"), "--model", str(trained_run),
+                     "--out", str(tmp_path / "out"), "--min-conf", "0", "--species-list",
+                     str(tmp_path / "species.txt"), "--format", "csv", "audacity",
+                     "--quiet"]) == 0
+    assert "Analysed 1 recording(s)" in capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "out" / "call.wav.csv")
+    assert rows["label"].tolist() == ["sp01", "sp01"]
+    assert rows[["start_s", "end_s"]].values.tolist() == [[0.0, 5.0], [1.0, 6.0]]
+    (tmp_path / "bad.txt").write_text("owl\n")
+    assert cli.main(["analyze", str(tmp_path / "call.wav"), "--model", str(trained_run),
+                     "--species-list", str(tmp_path / "bad.txt"), "--quiet"]) == 2
+    assert "unknown=['owl']" in capsys.readouterr().err
+
+
+SOUNDSCAPE = next((r for r in shared_recordings() if r["local_file"] == "birdnet/soundscape.flac"),
+                  None)
+
+
+@requires_shared_audio
+@pytest.mark.skipif(SOUNDSCAPE is None, reason="birdnet/soundscape.flac not in MANIFEST.csv")
+def test_two_minute_real_recording_gives_outputs_covering_the_file(saved_model_dir, tmp_path):
+    cfg = AnalyzeConfig(overlap_s=2.5, min_conf=0.0, top_n=1, batch_size=8,
+                        formats=("csv", "raven", "audacity"), block_s=7.0,
+                        out_dir=str(tmp_path / "out"))
+    summary = analyze.analyze([SOUNDSCAPE["path"]], saved_model_dir, cfg, progress=False)
+    duration_s = float(SOUNDSCAPE["duration_s"])
+    assert summary.analysed == 1 and summary.audio_s == pytest.approx(duration_s, abs=0.01)
+    csv, raven, audacity = read_outputs(tmp_path / "out", "soundscape.flac")
+    num_windows = len(analyze.window_starts(int(duration_s * 32000), 160000, 80000))
+    assert num_windows == 47
+    assert len(csv) == len(raven) == len(audacity) == num_windows
+    assert list(csv.columns) == detections.COLUMNS
+    assert list(raven.columns) == detections.RAVEN_COLUMNS
+    assert raven["Selection"].tolist() == list(range(1, num_windows + 1))
+    assert set(csv["label"]) <= {"sp00", "sp01"}
+    assert csv["confidence"].between(0, 1).all()
+    np.testing.assert_allclose(raven["Begin Time (s)"], csv["start_s"], atol=1e-3)
+    np.testing.assert_allclose(audacity["end_s"], csv["end_s"], atol=1e-3)
+    assert_rows_cover(csv["start_s"], csv["end_s"], duration_s, 5.0)
+
+
+def test_jobs_run_in_spawned_worker_processes(saved_model_dir, tmp_path):
+    for i in range(2):
+        soundfile.write(tmp_path / f"r{i}.wav", tone(5.0, 32000, 1000.0 + 2000 * i), 32000)
+    serial = AnalyzeConfig(min_conf=0.0, out_dir=str(tmp_path / "serial"))
+    parallel = AnalyzeConfig(min_conf=0.0, jobs=2, out_dir=str(tmp_path / "parallel"))
+    analyze.analyze([tmp_path], saved_model_dir, serial, progress=False)
+    summary = analyze.analyze([tmp_path], saved_model_dir, parallel, progress=False)
+    assert (summary.analysed, summary.failed) == (2, 0)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "parallel" / "detections.csv"),
+                                  pd.read_csv(tmp_path / "serial" / "detections.csv"),
+                                  atol=1e-4)

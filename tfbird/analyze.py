@@ -1,0 +1,515 @@
+"""Long recordings -> windows -> an exported model -> detections in CSV, Raven, Audacity, JSON.
+
+``analyze`` runs a trained run folder, a SavedModel export or a ``.tflite`` file over many
+recordings. Each recording is read in blocks and resampled with a streaming resampler, so a
+10-hour file never sits in memory: only one block, one window and one batch do. Windows have
+the model's length and overlap by ``overlap_s``; the last window is aligned to the end of the
+recording (so every window is real audio, and the windows cover the whole file); a recording
+shorter than one window is zero-padded.
+
+Recordings whose outputs exist and are newer than the model are skipped, so a killed run
+resumes where it stopped. A recording that cannot be read is listed in ``errors.csv`` with the
+reason and the run goes on.
+
+Example:
+    >>> summary = analyze(["recordings/"], "exports/tfbird/1",
+    ...                   AnalyzeConfig(overlap_s=2.5, min_conf=0.5, formats=("csv", "raven")))
+    >>> print(format_summary(summary))
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile
+import soxr
+from tqdm import tqdm
+
+from tfbird import detections as detections_lib
+from tfbird import labels as labels_lib
+from tfbird.config import AnalyzeConfig
+from tfbird.waveform import AudioDecodeError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+ERRORS_FILE = "errors.csv"
+COMBINED_CSV = "detections.csv"
+ASSETS = "assets"
+LABELS_ASSET = "labels.txt"
+CONTRACT_ASSET = "model_config.json"
+
+
+# --- Inputs ------------------------------------------------------------------------------
+
+
+def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+    """Expands files, folders (recursive) and text files of paths into recordings.
+
+    A ``.txt`` input lists one path per line (relative paths are relative to the list's
+    folder; blank lines and lines starting with ``#`` are ignored). A listed file that does
+    not exist is kept: ``analyze`` reports it in the error log.
+
+    Returns:
+        ``(recording, output_name)`` pairs: the output name is the path below the folder
+        given, or the file name for files given one by one.
+
+    Raises:
+        ValueError: an input that does not exist, a folder without audio, or two recordings
+            that would write the same outputs.
+    """
+    pairs = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            if not files:
+                raise ValueError(f"No audio files ({', '.join(AUDIO_SUFFIXES)}) in the folder. "
+                                 f"Received: input={str(item)!r}")
+            pairs += [(path, path.relative_to(item)) for path in files]
+        elif item.suffix.lower() == ".txt" and item.is_file():
+            for line in item.read_text().splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    path = item.parent / line.strip()
+                    pairs.append((path, Path(path.name)))
+        elif item.is_file():
+            pairs.append((item, Path(item.name)))
+        else:
+            raise ValueError(f"Input not found. Received: input={str(item)!r}")
+    names = pd.Series([str(name) for _, name in pairs])
+    clashes = sorted(set(names[names.duplicated()]))
+    if clashes:
+        raise ValueError(f"Several recordings would write the same outputs; give their "
+                         f"folder instead of the files one by one. Received: {clashes[:5]}")
+    return pairs
+
+
+def read_species_list(path: str | Path, labels: list[str]) -> list[str]:
+    """Labels listed in ``path`` (one per line, ``#`` comments); all must be model labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Species list not found. Received: species_list={str(path)!r}")
+    species = [line.strip() for line in path.read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#")]
+    unknown = sorted(set(species) - set(labels))
+    if unknown or not species:
+        raise ValueError(f"The species list must name labels of the model (see its "
+                         f"labels.txt). Received: species_list={str(path)!r}, unknown={unknown}")
+    return species
+
+
+# --- Streaming audio and windows ---------------------------------------------------------
+
+
+def stream_waveform(path: str | Path, sample_rate_hz: int, block_s: float = 60.0
+                    ) -> Iterator[np.ndarray]:
+    """Decodes a recording block by block to mono float32 at ``sample_rate_hz``.
+
+    Blocks of ``block_s`` seconds are read with ``SoundFile.read``, downmixed by the channel
+    mean and fed to ``soxr.ResampleStream`` (HQ, as ``tfbird.waveform.resample``): the output
+    equals resampling the whole file at once.
+
+    Args:
+        path: any file libsndfile reads.
+        sample_rate_hz: rate of the blocks yielded (Hz).
+        block_s: length of each block read, in seconds of the source.
+
+    Yields:
+        float32 blocks ``[samples]`` (their lengths vary).
+
+    Raises:
+        AudioDecodeError: missing, empty or unreadable file, or NaN/inf samples; raised when
+            the problem is met, possibly after some blocks were yielded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioDecodeError(f"file missing: {path}")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"empty: the file has zero bytes: {path}")
+    try:
+        sound = soundfile.SoundFile(path)
+    except Exception as error:  # libsndfile raises several types; all mean "unreadable".
+        raise AudioDecodeError(f"unreadable: {path}: {error}") from error
+    with sound:
+        source_rate_hz = sound.samplerate
+        resampler = (None if source_rate_hz == sample_rate_hz else soxr.ResampleStream(
+            source_rate_hz, sample_rate_hz, 1, dtype="float32", quality="HQ"))
+        block_frames = max(1, int(round(block_s * source_rate_hz)))
+        num_frames = 0
+        while True:
+            try:
+                block = sound.read(block_frames, dtype="float32", always_2d=True)
+            except Exception as error:
+                raise AudioDecodeError(f"unreadable: {path}: {error}") from error
+            mono = block.mean(axis=1, dtype=np.float32)
+            if not np.all(np.isfinite(mono)):
+                raise AudioDecodeError(f"non-finite: NaN or inf samples after "
+                                       f"{num_frames / source_rate_hz:.1f} s: {path}")
+            num_frames += len(mono)
+            last = len(mono) == 0
+            out = mono if resampler is None else resampler.resample_chunk(mono, last=last)
+            if len(out):
+                yield out
+            if last:
+                break
+    if num_frames == 0:
+        raise AudioDecodeError(f"no audio after decode: the file holds no audio frames: {path}")
+
+
+def window_starts(num_samples: int, window_samples: int, hop_samples: int) -> np.ndarray:
+    """Start samples of the windows over a recording (what ``stream_windows`` yields).
+
+    Windows start every ``hop_samples``; if the last full window ends before the recording
+    does, one more window ends exactly at the end. A recording shorter than one window has
+    one window at 0 (zero-padded).
+    """
+    if num_samples <= window_samples:
+        return np.zeros(1 if num_samples else 0, np.int64)
+    starts = np.arange(0, num_samples - window_samples + 1, hop_samples, dtype=np.int64)
+    if starts[-1] + window_samples < num_samples:
+        starts = np.append(starts, num_samples - window_samples)
+    return starts
+
+
+def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """Cuts a stream of waveform blocks into ``(start_sample, window)`` pairs.
+
+    Holds at most one window plus one block of audio. The windows are those of
+    ``window_starts(total samples, window_samples, hop_samples)``.
+    """
+    if not 0 < hop_samples <= window_samples:
+        raise ValueError(f"hop_samples must be in (0, window_samples]. "
+                         f"Received: hop_samples={hop_samples}, window_samples={window_samples}")
+    buffer = np.zeros(0, np.float32)
+    buffer_start = 0  # Sample index (in the recording) of buffer[0].
+    next_start = 0
+    last_end = 0
+    for block in blocks:
+        buffer = np.concatenate([buffer, np.asarray(block, np.float32)])
+        total = buffer_start + len(buffer)
+        while next_start + window_samples <= total:
+            offset = next_start - buffer_start
+            yield next_start, buffer[offset:offset + window_samples].copy()
+            last_end = next_start + window_samples
+            next_start += hop_samples
+        # Keep what the next window needs, and the last window's worth for the final one.
+        keep_from = max(min(next_start, total - window_samples), buffer_start)
+        buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
+    total = buffer_start + len(buffer)
+    if total and last_end == 0:
+        yield 0, np.pad(buffer, (0, window_samples - len(buffer)))
+    elif last_end < total:
+        yield total - window_samples, buffer[len(buffer) - window_samples:].copy()
+
+
+def batched(windows: Iterable[tuple[int, np.ndarray]], batch_size: int
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Groups ``(start, window)`` pairs into ``(starts [n], windows [n, samples])`` batches."""
+    starts, batch = [], []
+    for start, window in windows:
+        starts.append(start)
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield np.asarray(starts), np.stack(batch)
+            starts, batch = [], []
+    if batch:
+        yield np.asarray(starts), np.stack(batch)
+
+
+# --- Models ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What ``analyze`` needs to know about a model, read without loading it.
+
+    Attributes:
+        path: the run folder, SavedModel folder or ``.tflite`` file.
+        kind: ``"run"``, ``"saved_model"`` or ``"tflite"``.
+        labels: class names in output order.
+        sample_rate_hz: the rate the model's waveform input is at (Hz).
+        window_samples: samples per model input window.
+        band_hz: ``(fmin, fmax)`` of the model's front end, in Hz (Raven frequency box).
+        modified_time: newest modification time of the model's files (for resuming).
+    """
+
+    path: Path
+    kind: str
+    labels: tuple[str, ...]
+    sample_rate_hz: int
+    window_samples: int
+    band_hz: tuple[float, float]
+    modified_time: float
+
+    @property
+    def window_s(self) -> float:
+        return self.window_samples / self.sample_rate_hz
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """Reads the labels and audio contract of a run folder, SavedModel folder or ``.tflite``.
+
+    Raises:
+        ValueError: a path that is none of the three, or one without its labels.
+    """
+    from tfbird import config
+    from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".tflite":
+        kind, contract_dir, model_file = "tflite", path.parent / ASSETS, path
+    elif (path / "saved_model.pb").is_file():
+        kind, contract_dir, model_file = "saved_model", path / ASSETS, path / "saved_model.pb"
+    elif (path / MODEL_FILE).is_file():
+        cfg = config.load(path / CONFIG_FILE)
+        return ModelInfo(path, "run", tuple(labels_lib.read_labels(path / LABELS_FILE)),
+                         cfg.audio.sample_rate_hz, cfg.audio.window_samples,
+                         (cfg.frontend.fmin_hz, cfg.frontend.fmax_hz),
+                         (path / MODEL_FILE).stat().st_mtime)
+    else:
+        raise ValueError("--model must be a run folder (model.keras), a SavedModel export "
+                         "folder (saved_model.pb) or a .tflite file. "
+                         f"Received: model={str(path)!r}")
+    return info_from_assets(path, kind, contract_dir, model_file.stat().st_mtime)
+
+
+def info_from_assets(path: Path, kind: str, assets_dir: Path, modified_time: float = 0.0
+                     ) -> ModelInfo:
+    """``ModelInfo`` from an export's ``assets/`` (``labels.txt``, ``model_config.json``)."""
+    labels = tuple(labels_lib.read_labels(assets_dir / LABELS_ASSET))
+    contract_path = assets_dir / CONTRACT_ASSET
+    if not contract_path.is_file():
+        raise ValueError(f"No {CONTRACT_ASSET} (sample rate, window) in the export's assets. "
+                         f"Received: assets={str(assets_dir)!r}")
+    contract = json.loads(contract_path.read_text())
+    frontend = contract["frontend"]
+    return ModelInfo(path, kind, labels, int(contract["audio"]["sample_rate_hz"]),
+                     int(contract["window_samples"]),
+                     (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time)
+
+
+@functools.lru_cache(maxsize=2)
+def load_predictor(info: ModelInfo, num_threads: int | None = None
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+    """A function ``waveforms [n, window_samples] -> probabilities [n, classes]`` (cached)."""
+    if info.kind == "tflite":
+        import tensorflow as tf
+
+        interpreter = tf.lite.Interpreter(model_path=str(info.path), num_threads=num_threads)
+        runner = interpreter.get_signature_runner("serving_default")
+        return lambda waveforms: next(iter(runner(waveform=waveforms).values()))
+    if info.kind == "saved_model":
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(str(info.path)).signatures["serving_default"]
+        return lambda waveforms: signature(waveform=tf.constant(waveforms))[
+            "probabilities"].numpy()
+    import keras
+
+    from tfbird import config, exporter
+    from tfbird.training import CONFIG_FILE, MODEL_FILE
+
+    model = exporter.build_serving_model(config.load(info.path / CONFIG_FILE),
+                                         keras.models.load_model(info.path / MODEL_FILE))
+    return lambda waveforms: np.asarray(model.predict_on_batch(waveforms))
+
+
+# --- One recording -----------------------------------------------------------------------
+
+
+def score_recording(path: str | Path, predict: Callable[[np.ndarray], np.ndarray],
+                    info: ModelInfo, cfg: AnalyzeConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """Streams a recording through the model.
+
+    Returns:
+        ``(scores [windows, classes], start_s [windows], duration_s)``.
+    """
+    hop_samples = info.window_samples - overlap_samples(cfg.overlap_s, info)
+    num_samples = 0
+
+    def counted(blocks):
+        nonlocal num_samples
+        for block in blocks:
+            num_samples += len(block)
+            yield block
+
+    blocks = counted(stream_waveform(path, info.sample_rate_hz, cfg.block_s))
+    scores, starts = [], []
+    for batch_starts, batch in batched(stream_windows(blocks, info.window_samples, hop_samples),
+                                       cfg.batch_size):
+        scores.append(np.asarray(predict(batch), np.float32))
+        starts.append(batch_starts)
+    return (np.concatenate(scores), np.concatenate(starts) / info.sample_rate_hz,
+            num_samples / info.sample_rate_hz)
+
+
+def overlap_samples(overlap_s: float, info: ModelInfo) -> int:
+    samples = int(round(overlap_s * info.sample_rate_hz))
+    if samples >= info.window_samples:
+        raise ValueError(f"The overlap must be shorter than the model's {info.window_s:g}-s "
+                         f"window. Received: overlap_s={overlap_s}")
+    return samples
+
+
+def detect(scores: np.ndarray, start_s: np.ndarray, duration_s: float, info: ModelInfo,
+           cfg: AnalyzeConfig, file: str, keep_labels: list[str] | None = None) -> pd.DataFrame:
+    """Scores of one recording -> its detection rows (threshold, top-n, species, merge)."""
+    end_s = np.minimum(start_s + info.window_s, duration_s)
+    rows = detections_lib.select_detections(scores, start_s, end_s, info.labels, cfg.min_conf,
+                                            cfg.top_n, keep_labels, file=file)
+    if cfg.merge_consecutive:
+        rows = detections_lib.merge_consecutive(rows)
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class FileResult:
+    file: str
+    duration_s: float = 0.0
+    detections: int = 0
+    skipped: bool = False
+    error: str = ""
+
+
+def analyze_file(path: Path, stem: Path, info: ModelInfo, cfg: AnalyzeConfig,
+                 keep_labels: list[str] | None = None, num_threads: int | None = None
+                 ) -> FileResult:
+    """Analyses one recording and writes its outputs; never raises for a bad recording."""
+    paths = detections_lib.output_paths(stem, cfg.formats)
+    if not cfg.overwrite and outputs_up_to_date(paths, info.modified_time):
+        return FileResult(str(path), skipped=True)
+    try:
+        predict = load_predictor(info, num_threads)
+        scores, start_s, duration_s = score_recording(path, predict, info, cfg)
+    except AudioDecodeError as error:
+        return FileResult(str(path), error=str(error))
+    except Exception as error:  # One bad recording must not stop a long run.
+        return FileResult(str(path), error=f"unreadable: {type(error).__name__}: {error}")
+    rows = detect(scores, start_s, duration_s, info, cfg, str(path), keep_labels)
+    detections_lib.write_outputs(rows, paths, str(path), duration_s, info.band_hz,
+                                 str(info.path))
+    return FileResult(str(path), duration_s, len(rows))
+
+
+def outputs_up_to_date(paths: dict[str, Path], model_time: float) -> bool:
+    return all(p.is_file() and p.stat().st_mtime > model_time for p in paths.values())
+
+
+# --- Many recordings ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisSummary:
+    """Attributes: counts of recordings, ``audio_s`` analysed in this run, ``wall_s`` taken,
+    ``realtime_factor`` (audio seconds per wall second) and the files written."""
+
+    analysed: int
+    skipped: int
+    failed: int
+    audio_s: float
+    wall_s: float
+    errors_path: Path
+    combined_csv: Path | None
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+
+def analyze(inputs: Iterable[str | Path], model_path: str | Path, cfg: AnalyzeConfig,
+            progress: bool = True) -> AnalysisSummary:
+    """Analyses recordings with a model; writes per-recording outputs under ``cfg.out_dir``.
+
+    Args:
+        inputs: audio files, folders (searched recursively) and ``.txt`` lists of paths.
+        model_path: a run folder, a SavedModel export folder or a ``.tflite`` file.
+        cfg: windows, thresholds, formats, jobs and output folder.
+        progress: a progress bar over recordings.
+
+    Returns:
+        Counts, audio analysed and time taken. ``cfg.out_dir`` also receives
+        ``errors.csv`` (recordings that failed, with the reason) and, with the ``csv``
+        format, ``detections.csv`` (all recordings' rows).
+    """
+    cfg.validate()
+    started = time.perf_counter()
+    info = read_model_info(model_path)
+    overlap_samples(cfg.overlap_s, info)  # Fails early on a bad overlap.
+    keep_labels = read_species_list(cfg.species_list, info.labels) if cfg.species_list else None
+    out_dir = Path(cfg.out_dir)
+    recordings = [(path, out_dir / name) for path, name in collect_recordings(inputs)]
+
+    results = []
+    with tqdm(total=len(recordings), unit="file", desc="analyze", disable=not progress) as bar:
+        for result in run_jobs(recordings, info, cfg, keep_labels):
+            results.append(result)
+            bar.update(1)
+    wall_s = time.perf_counter() - started
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = pd.DataFrame([{"file": r.file, "reason": r.error} for r in results if r.error],
+                            columns=["file", "reason"])
+    errors_path = out_dir / ERRORS_FILE
+    failures.to_csv(errors_path, index=False)
+    combined = None
+    if "csv" in cfg.formats:
+        combined = out_dir / COMBINED_CSV
+        combine_csvs([detections_lib.output_paths(stem, ("csv",))["csv"]
+                      for _, stem in recordings], combined)
+    analysed = [r for r in results if not r.skipped and not r.error]
+    return AnalysisSummary(len(analysed), sum(r.skipped for r in results), len(failures),
+                           sum(r.duration_s for r in analysed), wall_s, errors_path, combined)
+
+
+def run_jobs(recordings: list[tuple[Path, Path]], info: ModelInfo, cfg: AnalyzeConfig,
+             keep_labels: list[str] | None) -> Iterator[FileResult]:
+    """Yields each recording's result as it finishes: in this process, or in ``cfg.jobs``
+    spawned worker processes sharing the CPU cores."""
+    if cfg.jobs == 1:
+        for path, stem in recordings:
+            yield analyze_file(path, stem, info, cfg, keep_labels)
+        return
+    num_threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+            cfg.jobs, mp_context=context, initializer=init_worker,
+            initargs=(num_threads,)) as pool:
+        futures = [pool.submit(analyze_file, path, stem, info, cfg, keep_labels, num_threads)
+                   for path, stem in recordings]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+
+
+def init_worker(num_threads: int) -> None:
+    """Limits TensorFlow's threads in a worker so ``jobs`` workers share the cores."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def combine_csvs(paths: list[Path], out_path: Path) -> None:
+    """Concatenates the per-recording CSVs that exist into one table."""
+    tables = [pd.read_csv(p) for p in paths if p.is_file()]
+    table = pd.concat(tables, ignore_index=True) if tables else detections_lib.empty_detections()
+    detections_lib.write_atomically(out_path, table.to_csv(index=False, float_format="%.4f"))
+
+
+def format_summary(summary: AnalysisSummary) -> str:
+    text = (f"Analysed {summary.analysed} recording(s), {summary.audio_s / 3600:.3f} h of audio, "
+            f"in {summary.wall_s:.1f} s: {summary.realtime_factor:.1f}x realtime; "
+            f"{summary.skipped} skipped (outputs up to date); {summary.failed} failed")
+    if summary.failed:
+        text += f" (see {summary.errors_path})"
+    if summary.combined_csv is not None:
+        text += f". All detections: {summary.combined_csv}"
+    return text

@@ -1,0 +1,176 @@
+"""Scores ``[windows, classes]`` + window times -> detection rows -> CSV, Raven, Audacity, JSON.
+
+One table schema, ``COLUMNS`` (``file,start_s,end_s,label,confidence``), is made by
+``select_detections`` (threshold, top-n, species list) and ``merge_consecutive`` (one row per
+call that spans windows). The writers only reformat that table; each writes to a temporary
+name and renames, so an output file that exists is complete (``analyze`` resumes on that).
+
+Example:
+    >>> rows = select_detections(np.array([[0.9, 0.2]]), np.array([0.0]), np.array([5.0]),
+    ...                          ["sp00", "sp01"], min_conf=0.5)
+    >>> rows[["label", "confidence"]].values.tolist()
+    [['sp00', 0.9]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["file", "start_s", "end_s", "label", "confidence"]
+RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
+                 "Low Freq (Hz)", "High Freq (Hz)", "Species Code", "Common Name", "Confidence"]
+
+# Output file of each format, appended to the recording's name (``dawn.flac.csv``, ...).
+OUTPUT_SUFFIXES = {"csv": ".csv", "raven": ".selection.table.txt",
+                   "audacity": ".audacity.txt", "json": ".json"}
+
+
+def empty_detections() -> pd.DataFrame:
+    return pd.DataFrame({"file": pd.Series(dtype=str), "start_s": pd.Series(dtype=float),
+                         "end_s": pd.Series(dtype=float), "label": pd.Series(dtype=str),
+                         "confidence": pd.Series(dtype=float)})
+
+
+def select_detections(scores: np.ndarray, start_s: np.ndarray, end_s: np.ndarray,
+                      labels: list[str], min_conf: float, top_n: int | None = None,
+                      keep_labels: list[str] | None = None, file: str = "") -> pd.DataFrame:
+    """The (window, label) pairs worth reporting, as rows of ``COLUMNS``.
+
+    Args:
+        scores: probabilities ``[windows, classes]``.
+        start_s: start of each window in the recording, in seconds ``[windows]``.
+        end_s: end of each window, in seconds ``[windows]`` (clipped to the recording).
+        labels: class names, in score column order.
+        min_conf: keep scores at or above this probability.
+        top_n: keep at most this many labels per window, highest first; ``None`` keeps all.
+        keep_labels: report only these labels (a species list); ``None`` keeps all.
+        file: value of the ``file`` column.
+
+    Returns:
+        Rows sorted by start time, then confidence (highest first).
+    """
+    scores = np.asarray(scores, np.float32)
+    if scores.ndim != 2 or scores.shape[1] != len(labels):
+        raise ValueError(f"scores must be [windows, {len(labels)}]. "
+                         f"Received: scores.shape={scores.shape}")
+    if keep_labels is not None:
+        unknown = sorted(set(keep_labels) - set(labels))
+        if unknown:
+            raise ValueError(f"Species list labels unknown to the model. Received: {unknown}")
+        scores = np.where(np.isin(labels, keep_labels)[None, :], scores, -1.0)
+    rank = np.argsort(-scores, axis=1, kind="stable")
+    kept = np.take_along_axis(scores, rank, axis=1) >= min_conf
+    if top_n is not None:
+        kept[:, top_n:] = False
+    window, order = np.nonzero(kept)
+    classes = rank[window, order]
+    if not len(window):
+        return empty_detections()
+    return pd.DataFrame({
+        "file": file,
+        "start_s": np.asarray(start_s, np.float64)[window],
+        "end_s": np.asarray(end_s, np.float64)[window],
+        "label": np.asarray(labels, dtype=object)[classes],
+        "confidence": scores[window, classes].astype(np.float64),
+    })
+
+
+def merge_consecutive(detections: pd.DataFrame) -> pd.DataFrame:
+    """Merges rows of one file and label whose windows overlap or touch into one row.
+
+    A call heard in windows 0-5 s, 5-10 s and 10-15 s becomes one row 0-15 s with the
+    highest of the three confidences; a gap of even one window starts a new row.
+    """
+    if detections.empty:
+        return detections.reset_index(drop=True)
+    merged = []
+    for (file, label), rows in detections.sort_values("start_s").groupby(
+            ["file", "label"], sort=False):
+        # A new run starts where a window begins after everything before it has ended.
+        ends_so_far = rows["end_s"].cummax().shift(fill_value=-np.inf)
+        run = (rows["start_s"] > ends_so_far).cumsum()
+        merged.append(rows.groupby(run).agg(
+            file=("file", "first"), start_s=("start_s", "min"), end_s=("end_s", "max"),
+            label=("label", "first"), confidence=("confidence", "max")))
+    return sort_detections(pd.concat(merged, ignore_index=True))
+
+
+def sort_detections(detections: pd.DataFrame) -> pd.DataFrame:
+    return detections.sort_values(["file", "start_s", "confidence"],
+                                  ascending=[True, True, False],
+                                  kind="stable").reset_index(drop=True)[COLUMNS]
+
+
+# --- Formats ----------------------------------------------------------------------------
+
+
+def to_raven(detections: pd.DataFrame, low_freq_hz: float, high_freq_hz: float) -> pd.DataFrame:
+    """A Raven selection table (one recording): the model's band as the frequency box."""
+    return pd.DataFrame({
+        "Selection": np.arange(1, len(detections) + 1),
+        "View": "Spectrogram 1",
+        "Channel": 1,
+        "Begin Time (s)": detections["start_s"].to_numpy(),
+        "End Time (s)": detections["end_s"].to_numpy(),
+        "Low Freq (Hz)": float(low_freq_hz),
+        "High Freq (Hz)": float(high_freq_hz),
+        "Species Code": detections["label"].to_numpy(),
+        "Common Name": detections["label"].to_numpy(),
+        "Confidence": detections["confidence"].to_numpy(),
+    }, columns=RAVEN_COLUMNS)
+
+
+def to_audacity(detections: pd.DataFrame) -> str:
+    """Audacity label track text: ``start<TAB>end<TAB>label confidence`` per line."""
+    return "".join(f"{row.start_s:.3f}\t{row.end_s:.3f}\t{row.label} {row.confidence:.3f}\n"
+                   for row in detections.itertuples())
+
+
+def to_json(detections: pd.DataFrame, file: str, duration_s: float, model: str) -> str:
+    rows = detections.drop(columns="file").to_dict(orient="records")
+    return json.dumps({"file": file, "duration_s": round(duration_s, 3), "model": model,
+                       "detections": rows}, indent=1)
+
+
+def output_paths(stem: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+    """``{format: path}`` of one recording's outputs; ``stem`` is e.g. ``out/site1/dawn.flac``."""
+    return {name: stem.with_name(stem.name + OUTPUT_SUFFIXES[name]) for name in formats}
+
+
+def write_outputs(detections: pd.DataFrame, paths: dict[str, Path], file: str,
+                  duration_s: float, band_hz: tuple[float, float], model: str) -> None:
+    """Writes one recording's detections in each format of ``paths``.
+
+    Args:
+        detections: the recording's rows of ``COLUMNS``.
+        paths: ``{format: path}`` from ``output_paths``.
+        file: the recording, as named in the JSON output.
+        duration_s: length of the recording, in seconds (JSON output).
+        band_hz: ``(low, high)`` frequency box of the Raven selections, in Hz.
+        model: the model path, as named in the JSON output.
+    """
+    for name, path in paths.items():
+        if name == "csv":
+            text = detections.to_csv(index=False, float_format="%.4f")
+        elif name == "raven":
+            text = to_raven(detections, *band_hz).to_csv(sep="\t", index=False,
+                                                           float_format="%.4f")
+        elif name == "audacity":
+            text = to_audacity(detections)
+        elif name == "json":
+            text = to_json(detections, file, duration_s, model)
+        else:
+            raise ValueError(f"Unknown output format. Received: format={name!r}")
+        write_atomically(path, text)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
