@@ -78,3 +78,62 @@ def test_shrinking_keeps_short_events_wherever_they_are():
     out = shrink.predict(impulses, batch_size=128, verbose=0)
     assert out.shape == (501, 64, 64, 1)
     assert out.reshape(501, -1).max(axis=1).min() > 0.005
+
+
+def sed_classifier(**overrides):
+    cfg = ModelConfig(image_size=(96, 32), head="sed", dropout=0.0, **overrides)
+    return model_lib.build_classifier(cfg, num_classes=3, input_shape=(101, 40))
+
+
+def test_sed_head_outputs_clip_logits_and_framewise_probabilities_per_input_frame():
+    classifier = sed_classifier(sed_gru_units=4)
+    assert classifier.output_shape == (None, 3)
+    assert classifier.get_layer("resnet50").output.shape == (None, 3, 1, 2048)  # time, freq
+    assert classifier.get_layer("sed_gru").output.shape == (None, 3, 8)  # 2 directions x 4
+    assert classifier.get_layer("sed_cla").output.shape == (None, 3, 3)
+    assert classifier.get_layer("sed_att").output.shape == (None, 3, 3)
+    x = np.random.default_rng(2).normal(size=(2, 101, 40)).astype("float32")
+    probe = keras.Model(classifier.input, classifier.get_layer("sed_framewise").output)
+    steps = probe(x).numpy()  # [2, 3 steps, 3 classes]
+    framewise = model_lib.framewise_model(classifier)(x).numpy()
+    assert framewise.shape == (2, 101, 3)
+    assert np.all((framewise > 0) & (framewise < 1))
+    # Each frame takes the step whose span (101 / 3 frames) holds the frame's centre.
+    step_of_frame = np.floor((np.arange(101) + 0.5) * 3 / 101).astype(int)
+    np.testing.assert_array_equal(framewise, steps[:, step_of_frame])
+    gap = model_lib.build_classifier(ModelConfig(image_size=(32, 32)), 2, (40, 32))
+    with pytest.raises(ValueError, match="sed head"):
+        model_lib.framewise_model(gap)
+    assert model_lib.embedding_features(gap) is gap.get_layer("dropout").input
+
+
+def test_sed_clip_score_is_the_attention_weighted_framewise_score(tmp_path):
+    classifier = sed_classifier()
+    x = np.random.default_rng(3).normal(size=(4, 101, 40)).astype("float32")
+    probe = keras.Model(classifier.input, [classifier.get_layer(name).output for name in
+                                           ("sed_cla", "sed_att", "logits")])
+    cla, att_tanh, logits = (np.asarray(t, np.float64) for t in probe(x))  # sed_att has tanh
+    attention = np.exp(att_tanh)
+    attention /= attention.sum(axis=1, keepdims=True)  # softmax over time
+    clip = (attention / (1 + np.exp(-cla))).sum(axis=1)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), clip, atol=1e-5)
+    assert np.abs(logits).max() < 16.2  # log((1 - 1e-7) / 1e-7) bounds the logits
+
+    path = tmp_path / "sed.keras"
+    classifier.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(x), logits, atol=1e-5)
+    assert model_lib.framewise_model(loaded)(x).shape == (4, 101, 3)
+
+    embedding = keras.Model(loaded.input, model_lib.embedding_features(loaded))
+    sequence = keras.Model(loaded.input, loaded.get_layer("sed_dropout").input)(x)
+    assert embedding.output_shape == (None, 2048)
+    np.testing.assert_allclose(embedding(x), np.mean(sequence, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_probability_to_logit_is_the_inverse_sigmoid_and_clips():
+    p = np.array([0.0, 1e-9, 0.25, 0.5, 0.9, 1.0], "float32")
+    logits = keras.ops.convert_to_numpy(model_lib.probability_to_logit(p))
+    np.testing.assert_allclose(logits[2:5], np.log(p[2:5] / (1 - p[2:5])), atol=1e-5)
+    np.testing.assert_allclose(logits[:2], np.log(1e-7 / (1 - 1e-7)), rtol=1e-4)
+    assert np.isfinite(logits).all() and 15.0 < logits[-1] < 16.2

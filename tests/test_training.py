@@ -2,12 +2,18 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from tfbird import config, dataset, ingest, training
+from tfbird import cli, config, dataset, ingest, training
 
 
 def test_run_folder_is_complete(trained_run, tiny_cfg):
@@ -58,3 +64,183 @@ def test_training_input_is_shuffled_batched_and_repeated(tiny_records):
     valid = dataset.make_dataset(tiny_records, manifest, "valid", batch_size=64, training=False)
     (x, y), = list(valid.as_numpy_iterator())
     assert len(x) == manifest["splits"]["valid"]["examples"]
+
+
+def dense_model():
+    """Two Dense layers and no batch norm: a step depends only on the global batch."""
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"),
+                             keras.layers.Dense(3)])
+
+
+def first_step_weights(strategy, train_cfg, x, y):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = dense_model()
+        training.compile_classifier(model, train_cfg, steps_per_epoch=10)
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x)), epochs=1, verbose=0,
+              shuffle=False)
+    return [w.numpy() for w in model.weights]
+
+
+def test_two_replicas_take_the_same_first_step_as_one_on_the_same_global_batch():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 6)).astype("float32")
+    y = (rng.random((8, 3)) > 0.5).astype("float32")
+    for loss in ("bce", "focal"):
+        train_cfg = config.TrainConfig(warmup_epochs=0.0, learning_rate=0.1, loss=loss)
+        one = first_step_weights(tf.distribute.get_strategy(), train_cfg, x, y)
+        two = first_step_weights(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+                                 train_cfg, x, y)
+        keras.utils.set_random_seed(0)
+        start = [w.numpy() for w in dense_model().weights]
+        for a, b, w0 in zip(one, two, start):
+            assert np.abs(a - w0).max() > 1e-3  # the step moved the weights
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_clipnorm_is_passed_to_adamw_and_refused_with_several_replicas():
+    optimizer = training.build_optimizer(config.TrainConfig(clipnorm=0.5), steps_per_epoch=10)
+    assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.clipnorm == 0.5
+    assert training.build_optimizer(config.TrainConfig(), 10).clipnorm is None
+    # Keras clips each replica's gradient before the sum: not the single-device step.
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        with pytest.raises(ValueError, match="Received: clipnorm=0.5"):
+            training.build_optimizer(config.TrainConfig(clipnorm=0.5), 10)
+
+
+def test_focal_loss_down_weights_easy_examples():
+    y_true = np.array([[1.0, 0.0]], "float32")
+    logits = np.array([[2.0, -1.0]], "float32")
+    focal = training.build_loss(config.TrainConfig(loss="focal", focal_gamma=2.0))
+    bce = training.build_loss(config.TrainConfig())
+    assert isinstance(focal, keras.losses.BinaryFocalCrossentropy) and focal.from_logits
+    p = 1 / (1 + np.exp(-logits[0]))
+    p_true = np.array([p[0], 1 - p[1]])  # probability given to the true value
+    expected_bce = np.mean(-np.log(p_true))
+    expected_focal = np.mean(-(1 - p_true) ** 2 * np.log(p_true))
+    assert float(bce(y_true, logits)) == pytest.approx(expected_bce, rel=1e-5)
+    assert float(focal(y_true, logits)) == pytest.approx(expected_focal, rel=1e-5)
+
+
+def test_callbacks_profile_log_the_learning_rate_and_stop_early(tmp_path):
+    train_cfg = config.TrainConfig(profile_batch=(2, 3), early_stopping_patience=1,
+                                   warmup_epochs=0.0)
+    callbacks = training.training_callbacks(tmp_path, train_cfg)
+    stopping, = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+    assert (stopping.monitor, stopping.patience, stopping.mode) == ("val_roc_auc", 1, "max")
+    assert isinstance(callbacks[-1], keras.callbacks.BackupAndRestore)
+    assert not any(isinstance(c, keras.callbacks.EarlyStopping)
+                   for c in training.training_callbacks(tmp_path, config.TrainConfig()))
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = np.stack([x[:, 0] > 0, x[:, 1] > 0, x[:, 2] > 0], axis=1).astype("float32")
+    model = dense_model()
+    training.compile_classifier(model, train_cfg, steps_per_epoch=4)
+    model.fit(x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=0,
+              callbacks=callbacks)
+    traces = list((tmp_path / "logs").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    tags = {value.tag for path in (tmp_path / "logs" / "train").glob("events.out.tfevents.*")
+            for event in tf.compat.v1.train.summary_iterator(str(path))
+            for value in event.summary.value}
+    assert {"epoch_learning_rate", "epoch_loss"} <= tags
+    assert (tmp_path / "model.keras").is_file()
+    assert not (tmp_path / training.BACKUP_DIR).exists()  # deleted when training ends
+
+
+def test_resume_state_drops_log_rows_after_the_backup(tmp_path):
+    (tmp_path / training.BACKUP_DIR).mkdir()
+    (tmp_path / training.BACKUP_DIR / "training_metadata.json").write_text(
+        json.dumps({"epoch": 2, "batch": 0}))
+    (tmp_path / training.TRAINING_LOG_FILE).write_text(
+        "epoch,loss,val_roc_auc\n0,0.7,0.6\n1,0.6,0.8\n2,0.5,0.9\n")
+    assert training.resume_state(tmp_path) == (2, 0.8)
+    assert (tmp_path / training.TRAINING_LOG_FILE).read_text().splitlines() == [
+        "epoch,loss,val_roc_auc", "0,0.7,0.6", "1,0.6,0.8"]
+    (tmp_path / training.BACKUP_DIR / "training_metadata.json").unlink()
+    assert training.resume_state(tmp_path) == (0, None)  # no backup: a fresh start
+    assert not (tmp_path / training.TRAINING_LOG_FILE).exists()
+
+
+def test_a_backup_made_with_another_config_is_not_resumed(tiny_cfg, tmp_path):
+    config.save(tiny_cfg, tmp_path / training.CONFIG_FILE)
+    (tmp_path / training.BACKUP_DIR).mkdir()
+    training.check_resumable(tmp_path, tiny_cfg)  # same config: fine
+    changed = config.from_dict({**config.to_dict(tiny_cfg),
+                                "train": {**config.to_dict(tiny_cfg)["train"], "epochs": 9}})
+    with pytest.raises(ValueError, match=r"changed=\['train.epochs'\]"):
+        training.check_resumable(tmp_path, changed)
+
+
+def test_environment_json_names_the_commit_and_package_versions(tmp_path):
+    environment = training.write_environment(tmp_path / training.ENVIRONMENT_FILE)
+    assert json.loads((tmp_path / training.ENVIRONMENT_FILE).read_text()) == environment
+    assert environment["packages"]["tensorflow"] == tf.__version__
+    assert environment["packages"]["keras"] == keras.__version__
+    assert environment["packages"]["numpy"] == np.__version__
+    assert set(environment["packages"]) == set(training.ENVIRONMENT_PACKAGES)
+    commit = environment["git_commit"]
+    assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)
+    assert training.git_commit(tmp_path) is None  # not a repository
+
+
+def test_deterministic_enables_op_determinism(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
+                        lambda: calls.append(True))
+    training.configure_determinism(config.TrainConfig())
+    assert calls == []
+    training.configure_determinism(config.TrainConfig(deterministic=True))
+    assert calls == [True]
+
+
+def test_train_flags_set_the_profiler_and_determinism(monkeypatch, tiny_config_file, tmp_path):
+    from tfbird import pipeline
+
+    seen = {}
+
+    def fake_train(cfg, **kwargs):
+        seen["cfg"] = cfg
+        return tmp_path, {}
+
+    monkeypatch.setattr(pipeline, "prepare_and_train", fake_train)
+    assert cli.main(["train", "--config", str(tiny_config_file), "--profile-batch", "3,5",
+                     "--deterministic"]) == 0
+    assert seen["cfg"].train.profile_batch == (3, 5) and seen["cfg"].train.deterministic
+    assert cli.main(["train", "--config", str(tiny_config_file)]) == 0
+    assert seen["cfg"].train.profile_batch is None and not seen["cfg"].train.deterministic
+    assert cli.main(["train", "--config", str(tiny_config_file), "--profile-batch", "5"]) == 2
+
+
+def training_log_epochs(run_dir):
+    with (run_dir / training.TRAINING_LOG_FILE).open() as stream:
+        return [int(row["epoch"]) for row in csv.DictReader(stream)]
+
+
+@pytest.mark.slow  # Two processes each trace ResNet50's train step: ~2 min on 2 cores.
+def test_a_killed_training_resumes_with_the_same_command(tiny_config_file, tiny_records, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "tfbird", "train", "--config", str(tiny_config_file),
+               "--run-dir", str(run_dir), "--epochs", "3", "--quiet", "--deterministic"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    metadata = run_dir / training.BACKUP_DIR / "training_metadata.json"
+    deadline = time.monotonic() + 300
+    while not metadata.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    done_before_kill = training_log_epochs(run_dir)
+    assert done_before_kill[:1] == [0] and len(done_before_kill) < 3
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming after epoch" in second.stderr
+    assert training_log_epochs(run_dir) == [0, 1, 2]
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "model.keras").is_file()
+    assert not (run_dir / training.BACKUP_DIR).exists()
+    assert json.loads((run_dir / training.ENVIRONMENT_FILE).read_text())["packages"]

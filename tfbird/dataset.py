@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfbird import records
 from tfbird.augment import augment_batch
 from tfbird.config import AugmentConfig
+from tfbird.ingest import read_manifest
 
 
 def shard_paths(records_dir: str | Path, manifest: dict, split: str) -> list[str]:
@@ -84,10 +85,47 @@ def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size
     if training and augment is not None:
         # One stateless seed per batch from a seeded stream: reproducible augmentation.
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, seed_pair: augment_batch(*batch, augment, seed_pair),
-            num_parallel_calls=tf.data.AUTOTUNE)
+        if augment.background_dir:
+            background = background_dataset(augment.background_dir, logmel_shape, batch_size,
+                                            seed, shuffle_buffer_size)
+            dataset = tf.data.Dataset.zip(dataset, seeds, background).map(
+                lambda batch, seed_pair, noise: augment_batch(*batch, augment, seed_pair, noise),
+                num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            dataset = tf.data.Dataset.zip(dataset, seeds).map(
+                lambda batch, seed_pair: augment_batch(*batch, augment, seed_pair),
+                num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def background_dataset(records_dir: str | Path, logmel_shape: tuple[int, int], batch_size: int,
+                       seed: int = 0, shuffle_buffer_size: int = 2048) -> tf.data.Dataset:
+    """Endless shuffled batches of log-mels ``[batch, frames, mels]`` from every split of a
+    records folder (noise recordings ingested with the same front end); labels are ignored.
+
+    Raises:
+        ValueError: no manifest, no examples, or log-mels of another shape.
+    """
+    manifest = read_manifest(records_dir)
+    shape = tuple(manifest["feature"]["shape"])
+    if shape != tuple(logmel_shape):
+        raise ValueError(
+            f"The background records hold log-mels of shape {list(shape)}, the training "
+            f"records {list(logmel_shape)}: ingest the noise with the same audio and front-end "
+            f"settings. Received: background_dir={str(records_dir)!r}")
+    files = [path for split in manifest["splits"]
+             for path in shard_paths(records_dir, manifest, split)]
+    if not files:
+        raise ValueError(f"The background records have no examples. "
+                         f"Received: background_dir={str(records_dir)!r}")
+    num_classes = len(manifest["labels"])
+    dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed).repeat()
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    dataset = dataset.map(
+        lambda serialized: records.parse_example(serialized, num_classes, shape)[records.LOGMEL],
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return dataset.shuffle(shuffle_buffer_size, seed=seed).batch(batch_size, drop_remainder=True)
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, records_dir: str | Path,

@@ -1,10 +1,20 @@
-"""The classifier: log-mel ``[frames, mels]`` -> ResNet50 -> pooled features -> logits.
+"""The classifier: log-mel ``[frames, mels]`` -> ResNet50 -> a head -> logits.
 
 The log-mel (dB) of each example is standardised to zero mean and unit variance (so gain does
 not matter), optionally pooled and resized to ``model.image_size``, repeated into 3 channels
-and fed to ``keras.applications.ResNet50(include_top=False, pooling="avg")``. Dropout and a float32
-``Dense`` give one logit per class: the model outputs **logits**; the sigmoid is applied by the
-loss (``from_logits=True``) and by the exported model.
+and fed to ``keras.applications.ResNet50(include_top=False)``. The head (``model.head``) makes
+one float32 logit per class: the model outputs **logits**; the sigmoid is applied by the loss
+(``from_logits=True``) and by the exported model.
+
+- ``gap``: ResNet50's global average pooling, dropout and a ``Dense`` layer (``logits``).
+- ``sed``: the sound-event-detection head of PANNs (Kong et al., 2020) as used by the Cornell
+  2020 and BirdCLEF winners. The image is ``[frames, mels]``, so the feature map is
+  ``[batch, time, freq, 2048]``; it is pooled over frequency (mean + max), optionally run
+  through a bidirectional GRU (``model.sed_gru_units``), and two 1x1 convolutions give per
+  time step class logits ``sed_cla`` and attention ``sed_att`` = softmax over time of
+  ``tanh(conv)``. The clip probability is ``p = sum_t att * sigmoid(cla)``; the model outputs
+  ``log(p / (1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``. ``framewise_model`` gives the
+  per-frame probabilities ``sigmoid(cla)`` at the input's frame rate.
 
 Example:
     >>> model = build_classifier(ModelConfig(image_size=(64, 32)), num_classes=3,
@@ -21,6 +31,7 @@ import keras
 
 from tfbird.config import ModelConfig
 
+SED_PROBABILITY_EPSILON = 1e-7
 IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
                       + IMAGENET_NOTOP_FILE)
@@ -31,13 +42,13 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     """Builds the ResNet50 classifier.
 
     Args:
-        model_cfg: backbone weights, image size and dropout.
+        model_cfg: backbone weights, image size, dropout and head.
         num_classes: number of output logits.
         input_shape: ``(frames, mels)`` of one log-mel example.
 
     Returns:
         A functional ``keras.Model`` from log-mel ``[batch, frames, mels]`` to logits
-        ``[batch, num_classes]``.
+        ``[batch, num_classes]``; its last layer is named ``logits``.
     """
     image_size = tuple(model_cfg.image_size or input_shape)
     # === Layers ===
@@ -48,15 +59,95 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     if image_size != tuple(input_shape):
         x = resize_image(x, tuple(input_shape), image_size)
     x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
-    backbone = build_backbone(model_cfg.weights, (*image_size, 3))
+    pooling = "avg" if model_cfg.head == "gap" else None
+    backbone = build_backbone(model_cfg.weights, (*image_size, 3), pooling=pooling)
     if model_cfg.bn_momentum is not None:
         set_batch_norm_momentum(backbone, model_cfg.bn_momentum)
     if model_cfg.zero_init_residual and model_cfg.weights == "none":
         zero_init_residual_branches(backbone)
     x = backbone(x)
-    x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    if model_cfg.head == "sed":
+        logits = sed_head(x, num_classes, model_cfg.dropout, model_cfg.sed_gru_units)
+    else:
+        x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
+        logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name="tfbird_classifier")
+
+
+def sed_head(feature_map, num_classes: int, dropout: float, gru_units: int = 0):
+    """PANNs' attention head on a ``[batch, time, freq, channels]`` map; returns clip logits.
+
+    Layers: ``sed_dropout``, ``sed_gru`` (when ``gru_units``), ``sed_cla`` (1x1 conv:
+    per-step logits), ``sed_att`` (1x1 conv + tanh), ``sed_att_softmax`` (softmax over time),
+    ``sed_framewise`` (sigmoid of ``sed_cla``), ``sed_weighted`` (attention x framewise) and
+    ``logits``. Only builtin TFLite ops without the GRU.
+    """
+    # Pool over frequency: the mean keeps broadband energy, the max a narrow-band call.
+    x = keras.ops.mean(feature_map, axis=2) + keras.ops.max(feature_map, axis=2)
+    x = keras.layers.Dropout(dropout, name="sed_dropout")(x)
+    if gru_units:
+        x = keras.layers.Bidirectional(keras.layers.GRU(gru_units, return_sequences=True),
+                                       name="sed_gru")(x)
+    cla = keras.layers.Conv1D(num_classes, 1, dtype="float32", name="sed_cla")(x)
+    att = keras.layers.Conv1D(num_classes, 1, activation="tanh", dtype="float32",
+                              name="sed_att")(x)
+    att = keras.layers.Softmax(axis=1, dtype="float32", name="sed_att_softmax")(att)
+    framewise = keras.layers.Activation("sigmoid", dtype="float32", name="sed_framewise")(cla)
+    weighted = keras.layers.Multiply(dtype="float32", name="sed_weighted")([att, framewise])
+    probability = keras.ops.sum(weighted, axis=1)
+    return keras.layers.Activation("linear", dtype="float32", name="logits")(
+        probability_to_logit(probability))
+
+
+def probability_to_logit(probability):
+    """``log(p / (1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]`` (logits within ±16.1)."""
+    p = keras.ops.clip(probability, SED_PROBABILITY_EPSILON, 1.0 - SED_PROBABILITY_EPSILON)
+    return keras.ops.log(p) - keras.ops.log1p(-p)
+
+
+def framewise_model(classifier: keras.Model) -> keras.Model:
+    """The framewise probabilities of a ``sed`` classifier at the input's frame rate.
+
+    ``sigmoid(sed_cla)`` has one step per 32 image rows; each input frame takes the step
+    whose span holds its centre (nearest-neighbour resize).
+
+    Args:
+        classifier: a model from ``build_classifier`` with ``model.head: sed``.
+
+    Returns:
+        A ``keras.Model`` from the classifier's input ``[batch, frames, mels]`` to
+        probabilities ``[batch, frames, num_classes]``.
+
+    Example:
+        >>> framewise_model(classifier)(logmel).shape
+        TensorShape([2, 501, 10])
+    """
+    try:
+        framewise = classifier.get_layer("sed_framewise").output
+    except ValueError as error:
+        raise ValueError("framewise_model needs a classifier with the sed head (model.head: "
+                         f"sed). Received: classifier={classifier.name!r}") from error
+    frames = classifier.input_shape[1]
+    steps, num_classes = framewise.shape[1], framewise.shape[2]
+    x = keras.layers.Reshape((steps, num_classes, 1), name="framewise_image")(framewise)
+    x = keras.layers.Resizing(frames, num_classes, interpolation="nearest",
+                              name="framewise_resize")(x)
+    x = keras.layers.Reshape((frames, num_classes), name="framewise")(x)
+    return keras.Model(classifier.input, x, name="tfbird_framewise")
+
+
+def embedding_features(classifier: keras.Model):
+    """The pooled ResNet50 features ``[batch, 2048]`` the head reads, as a symbolic tensor.
+
+    ``gap``: the input of ``dropout``. ``sed``: the frequency-pooled sequence (the input of
+    ``sed_dropout``) averaged over time. ``keras.Model(classifier.input,
+    embedding_features(classifier))`` is the embedding model.
+    """
+    layer_names = {layer.name for layer in classifier.layers}
+    if "sed_dropout" in layer_names:
+        sequence = classifier.get_layer("sed_dropout").input
+        return keras.layers.GlobalAveragePooling1D(name="sed_embedding")(sequence)
+    return classifier.get_layer("dropout").input
 
 
 def resize_image(x, input_shape: tuple[int, int], image_size: tuple[int, int]):
@@ -86,8 +177,12 @@ def zero_init_residual_branches(backbone: keras.Model) -> None:
             layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
 
 
-def build_backbone(weights: str, image_shape: tuple[int, int, int]) -> keras.Model:
-    """``ResNet50(include_top=False, pooling="avg")`` with ``weights`` none|imagenet|PATH."""
+def build_backbone(weights: str, image_shape: tuple[int, int, int],
+                   pooling: str | None = "avg") -> keras.Model:
+    """``ResNet50(include_top=False, pooling=pooling)`` with ``weights`` none|imagenet|PATH.
+
+    ``pooling=None`` returns the feature map ``[batch, height / 32, width / 32, 2048]``.
+    """
     if weights == "none":
         keras_weights = None
     elif weights == "imagenet":
@@ -100,7 +195,7 @@ def build_backbone(weights: str, image_shape: tuple[int, int, int]) -> keras.Mod
             f"include_top=False weights file. Received: weights={weights!r}")
     try:
         return keras.applications.ResNet50(include_top=False, weights=keras_weights,
-                                           input_shape=image_shape, pooling="avg")
+                                           input_shape=image_shape, pooling=pooling)
     except Exception as error:
         if weights != "imagenet":
             raise ValueError(f"Could not load backbone weights from {weights}: {error}. "

@@ -2,10 +2,15 @@
 
 A run folder ``runs/<timestamp>/`` receives:
 
-- ``config.yaml`` (the resolved config) and ``labels.txt``;
+- ``config.yaml`` (the resolved config), ``labels.txt`` and ``environment.json`` (git commit
+  and package versions);
 - ``checkpoints/last.keras`` (every epoch) and ``model.keras`` (the epoch with the best
   validation ROC-AUC);
-- ``logs/`` for TensorBoard and ``training_log.csv`` (one row per epoch);
+- ``logs/`` for TensorBoard (with the learning rate, and profiler traces when
+  ``train.profile_batch`` is set) and ``training_log.csv`` (one row per epoch);
+- ``backup/`` while training runs: ``keras.callbacks.BackupAndRestore`` state at the end of
+  each epoch. Rerunning the same command with the same run folder after a crash continues
+  from the last finished epoch; the folder is deleted when training ends;
 - ``metrics.json``: ``macro_roc_auc``, ``padded_cmap`` and ``row_f1`` of ``model.keras`` on
   the validation split.
 
@@ -15,11 +20,15 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import datetime
+import importlib.metadata
 import json
 import logging
 import math
 import os
+import platform
+import subprocess
 from pathlib import Path
 
 import keras
@@ -27,7 +36,8 @@ import numpy as np
 import scipy.special
 import tensorflow as tf
 
-from tfbird import config, dataset, labels as labels_lib, metrics
+from tfbird import config, dataset, metrics
+from tfbird import labels as labels_lib
 from tfbird.ingest import read_manifest
 from tfbird.model import build_classifier
 
@@ -37,6 +47,10 @@ MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.txt"
+ENVIRONMENT_FILE = "environment.json"
+TRAINING_LOG_FILE = "training_log.csv"
+BACKUP_DIR = "backup"
+ENVIRONMENT_PACKAGES = ("tensorflow", "keras", "numpy", "librosa", "soundfile")
 
 
 def make_strategy(train_cfg: config.TrainConfig) -> tf.distribute.Strategy:
@@ -87,7 +101,21 @@ def make_run_dir(runs_dir: str | Path) -> Path:
 
 
 def build_optimizer(train_cfg: config.TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """AdamW with linear warmup then cosine decay; no weight decay on biases and norms."""
+    """AdamW with linear warmup then cosine decay; no weight decay on biases and norms; each
+    gradient clipped to ``train_cfg.clipnorm`` when set.
+
+    Raises:
+        ValueError: ``clipnorm`` under a strategy with several replicas. Keras 3 (TensorFlow
+            backend) clips each replica's gradient before summing them, so the step would
+            not be the one a single device takes on the same global batch.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if train_cfg.clipnorm is not None and replicas > 1:
+        raise ValueError(
+            f"train.clipnorm with {replicas} replicas: Keras clips each replica's gradient "
+            f"before they are summed, which is not clipping the batch's gradient. Train on "
+            f"one device (train.strategy: default) or drop train.clipnorm. "
+            f"Received: clipnorm={train_cfg.clipnorm}")
     total_steps = train_cfg.epochs * steps_per_epoch
     warmup_steps = min(int(train_cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -96,9 +124,88 @@ def build_optimizer(train_cfg: config.TrainConfig, steps_per_epoch: int) -> kera
         warmup_target=train_cfg.learning_rate if warmup_steps else None,
         warmup_steps=warmup_steps, alpha=0.01)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule,
-                                       weight_decay=train_cfg.weight_decay)
+                                       weight_decay=train_cfg.weight_decay,
+                                       clipnorm=train_cfg.clipnorm)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
+
+
+def build_loss(train_cfg: config.TrainConfig) -> keras.losses.Loss:
+    """``bce``: binary cross-entropy; ``focal``: binary focal cross-entropy; both on logits."""
+    if train_cfg.loss == "focal":
+        return keras.losses.BinaryFocalCrossentropy(from_logits=True, gamma=train_cfg.focal_gamma)
+    return keras.losses.BinaryCrossentropy(from_logits=True)
+
+
+def compile_classifier(model: keras.Model, train_cfg: config.TrainConfig,
+                       steps_per_epoch: int) -> None:
+    """Compiles with ``build_optimizer``, ``build_loss`` and the ROC-AUC metric (call it in
+    the strategy's scope)."""
+    model.compile(
+        optimizer=build_optimizer(train_cfg, steps_per_epoch),
+        loss=build_loss(train_cfg),
+        metrics=[keras.metrics.AUC(multi_label=True, from_logits=True, name="roc_auc")])
+
+
+def configure_determinism(train_cfg: config.TrainConfig) -> None:
+    """Seeds Python, NumPy and TensorFlow; with ``train.deterministic`` also makes every op
+    deterministic (``tf.config.experimental.enable_op_determinism``)."""
+    keras.utils.set_random_seed(train_cfg.seed)
+    if train_cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def git_commit(folder: str | Path = Path(__file__).parent) -> str | None:
+    """``git rev-parse HEAD`` in ``folder``, or ``None`` without git or a repository."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                                text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def write_environment(path: Path) -> dict:
+    """Writes the git commit, the Python version and the package versions as JSON."""
+    versions = {}
+    for name in ENVIRONMENT_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    environment = {"git_commit": git_commit(), "python": platform.python_version(),
+                   "packages": versions}
+    path.write_text(json.dumps(environment, indent=2))
+    return environment
+
+
+def resume_state(run_dir: Path) -> tuple[int, float | None]:
+    """Prepares a run folder for ``BackupAndRestore``; returns ``(epochs done, best
+    val_roc_auc so far)``.
+
+    With a backup of ``k`` finished epochs, rows of ``training_log.csv`` for epoch ``k`` or
+    later (written before a crash, but not backed up) are dropped, so the epochs about to be
+    rerun appear once. Without a backup, training starts again and so does the log.
+    """
+    metadata = run_dir / BACKUP_DIR / "training_metadata.json"
+    log_path = run_dir / TRAINING_LOG_FILE
+    epochs_done = json.loads(metadata.read_text())["epoch"] if metadata.is_file() else 0
+    if not epochs_done or not log_path.is_file():
+        log_path.unlink(missing_ok=True)
+        return epochs_done, None
+    with log_path.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        fields = reader.fieldnames or []
+        rows = [row for row in reader if int(row["epoch"]) < epochs_done]
+    with log_path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    scores = [float(row["val_roc_auc"]) for row in rows if row.get("val_roc_auc")]
+    scores = [score for score in scores if not math.isnan(score)]
+    return epochs_done, max(scores) if scores else None
 
 
 def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | None = None,
@@ -134,18 +241,19 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
 
     run_dir = Path(run_dir) if run_dir else make_run_dir(cfg.train.runs_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_resumable(run_dir, cfg)
     config.save(cfg, run_dir / CONFIG_FILE)
     labels_lib.write_labels(labels, run_dir / LABELS_FILE)
-    keras.utils.set_random_seed(cfg.train.seed)
-    log.info("Training on %d replica(s) (%s), %d steps per epoch, run folder %s",
-             replicas, type(strategy).__name__, steps_per_epoch, run_dir)
+    write_environment(run_dir / ENVIRONMENT_FILE)
+    configure_determinism(cfg.train)
+    epochs_done, best_score = resume_state(run_dir)
+    log.info("Training on %d replica(s) (%s), %d steps per epoch, run folder %s%s",
+             replicas, type(strategy).__name__, steps_per_epoch, run_dir,
+             f"; resuming after epoch {epochs_done}" if epochs_done else "")
 
     with strategy.scope():
         model = build_classifier(cfg.model, len(labels), tuple(manifest["feature"]["shape"]))
-        model.compile(
-            optimizer=build_optimizer(cfg.train, steps_per_epoch),
-            loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[keras.metrics.AUC(multi_label=True, from_logits=True, name="roc_auc")])
+        compile_classifier(model, cfg.train, steps_per_epoch)
 
     read = dict(records_dir=records_dir, manifest=manifest,
                 global_batch_size=cfg.train.global_batch_size, seed=cfg.train.seed,
@@ -154,7 +262,9 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
                                              augment=cfg.augment, **read)
     valid_data = dataset.distributed_dataset(strategy, split="valid", training=False, **read)
     model.fit(train_data, validation_data=valid_data, epochs=cfg.train.epochs,
-              steps_per_epoch=steps_per_epoch, callbacks=training_callbacks(run_dir),
+              steps_per_epoch=steps_per_epoch,
+              callbacks=training_callbacks(run_dir, cfg.train, resumed=epochs_done > 0,
+                                           best_score=best_score),
               shuffle=False,  # The input pipeline shuffles files and examples itself.
               verbose=1 if progress else 2)
 
@@ -173,15 +283,49 @@ def write_metrics(scores: dict, path: Path) -> None:
     path.write_text(json.dumps(plain, indent=2))
 
 
-def training_callbacks(run_dir: Path) -> list[keras.callbacks.Callback]:
+def check_resumable(run_dir: Path, cfg: config.Config) -> None:
+    """Raises when ``run_dir`` holds a backup made with another config (the weights or the
+    schedule would not match)."""
+    if not (run_dir / BACKUP_DIR).is_dir() or not (run_dir / CONFIG_FILE).is_file():
+        return
+    before, now = config.to_dict(config.load(run_dir / CONFIG_FILE)), config.to_dict(cfg)
+    changed = [f"{section}.{key}" for section in now for key in now[section]
+               if before.get(section, {}).get(key) != now[section][key]]
+    if changed:
+        raise ValueError(
+            f"{run_dir} holds an unfinished run made with another config; resume it with the "
+            f"same settings, or use another --run-dir. Received: changed={changed}")
+
+
+def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.TrainConfig(),
+                       resumed: bool = False,
+                       best_score: float | None = None) -> list[keras.callbacks.Callback]:
+    """Checkpoints, CSV log, TensorBoard, early stopping and the backup for resuming.
+
+    Args:
+        run_dir: the run folder.
+        train_cfg: ``early_stopping_patience`` and ``profile_batch``.
+        resumed: continuing a run from its backup: the CSV log is appended to.
+        best_score: the best ``val_roc_auc`` before the backup, so ``model.keras`` is only
+            replaced by a better epoch.
+    """
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    return [
+    callbacks = [
         keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras"),
         keras.callbacks.ModelCheckpoint(run_dir / MODEL_FILE, monitor="val_roc_auc",
-                                        mode="max", save_best_only=True),
-        keras.callbacks.CSVLogger(run_dir / "training_log.csv"),
-        keras.callbacks.TensorBoard(log_dir=run_dir / "logs", profile_batch=0),
+                                        mode="max", save_best_only=True,
+                                        initial_value_threshold=best_score),
+        keras.callbacks.CSVLogger(run_dir / TRAINING_LOG_FILE, append=resumed),
+        keras.callbacks.TensorBoard(log_dir=run_dir / "logs",
+                                    profile_batch=tuple(train_cfg.profile_batch or ()) or 0),
     ]
+    if train_cfg.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_roc_auc", mode="max", patience=train_cfg.early_stopping_patience))
+    # Last: an epoch is backed up only after its checkpoints and log row are written.
+    callbacks.append(keras.callbacks.BackupAndRestore(run_dir / BACKUP_DIR,
+                                                      double_checkpoint=True))
+    return callbacks
 
 
 def predict_split(model: keras.Model, records_dir: str | Path, manifest: dict, split: str,
@@ -199,5 +343,5 @@ def evaluate(model: keras.Model, records_dir: str | Path, manifest: dict,
              batch_size: int, split: str = "valid") -> dict:
     y_true, y_score = predict_split(model, records_dir, manifest, split, batch_size)
     scores = metrics.validation_metrics(y_true, y_score)
-    scores["examples"] = int(len(y_true))
+    scores["examples"] = len(y_true)
     return scores

@@ -1,0 +1,55 @@
+"""Background noise for augmentation comes from a records folder with the same front end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfbird import dataset, ingest
+from tfbird.config import AugmentConfig
+
+
+def all_logmels(records_dir, manifest):
+    found = []
+    for split in manifest["splits"]:
+        data = dataset.make_dataset(records_dir, manifest, split, batch_size=64, training=False)
+        found += [x for x, _ in data.unbatch().as_numpy_iterator()]
+    return np.stack(found)
+
+
+def test_background_batches_are_log_mels_from_every_split(tiny_records):
+    manifest = ingest.read_manifest(tiny_records)
+    shape = tuple(manifest["feature"]["shape"])
+    known = all_logmels(tiny_records, manifest)
+    batches = list(dataset.background_dataset(tiny_records, shape, batch_size=3)
+                   .take(2 * len(known)).as_numpy_iterator())  # endless
+    assert all(batch.shape == (3, *shape) for batch in batches)
+    drawn = np.concatenate(batches)
+    distance = np.abs(drawn[:, None] - known[None]).max(axis=(2, 3))  # [drawn, known]
+    assert np.all(distance.min(axis=1) == 0)  # every background is a record's log-mel
+    assert np.all(distance.min(axis=0) == 0)  # every record is used, train and valid
+
+
+def test_training_batches_mix_in_the_background(tiny_records):
+    manifest = ingest.read_manifest(tiny_records)
+    cfg = AugmentConfig(background_dir=str(tiny_records), background_probability=1.0,
+                        background_snr_db=(-60.0, -60.0))
+    x, y = next(iter(dataset.make_dataset(tiny_records, manifest, "train", batch_size=2,
+                                          training=True, augment=cfg)))
+    assert x.shape == (2, *manifest["feature"]["shape"]) and y.shape == (2, 2)
+    # At -60 dB SNR the mix is the background: each example is a record's log-mel + a gain,
+    # except in the few bins where the background sits at its floor and the signal does not.
+    known = all_logmels(tiny_records, manifest)
+    for example in x.numpy():
+        offsets = example[None] - known  # [known, frames, mels]
+        median = np.median(offsets, axis=(1, 2), keepdims=True)
+        close = np.mean(np.abs(offsets - median) < 0.05, axis=(1, 2))
+        assert close.max() > 0.9
+
+
+def test_background_with_another_log_mel_shape_is_refused(tiny_records, tmp_path):
+    manifest = ingest.read_manifest(tiny_records)
+    (tmp_path / ingest.MANIFEST).write_text(json.dumps(
+        {**manifest, "feature": {**manifest["feature"], "shape": [100, 64]}}))
+    with pytest.raises(ValueError, match="same audio and front-end"):
+        dataset.background_dataset(tmp_path, tuple(manifest["feature"]["shape"]), 2)
