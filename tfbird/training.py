@@ -261,8 +261,11 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     train_data = dataset.distributed_dataset(strategy, split="train", training=True,
                                              augment=cfg.augment, **read)
     valid_data = dataset.distributed_dataset(strategy, split="valid", training=False, **read)
+    # Known length: Keras then does not probe for the end (and warn "ran out of data").
+    validation_steps = math.ceil(manifest["splits"]["valid"]["examples"]
+                                 / cfg.train.global_batch_size) or None
     model.fit(train_data, validation_data=valid_data, epochs=cfg.train.epochs,
-              steps_per_epoch=steps_per_epoch,
+              steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
               callbacks=training_callbacks(run_dir, cfg.train, resumed=epochs_done > 0,
                                            best_score=best_score),
               shuffle=False,  # The input pipeline shuffles files and examples itself.
