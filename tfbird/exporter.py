@@ -18,8 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -29,8 +31,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfbird import config, labels as labels_lib, metrics
+from tfbird import config, metrics
+from tfbird import labels as labels_lib
 from tfbird.frontend import build_frontend
+from tfbird.model import embedding_features
 from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE
 
 SIGNATURE = "serving_default"
@@ -40,8 +44,6 @@ EMBED_SIGNATURE = "embed"
 EMBEDDING_NAME = "embedding"
 LABELS_SIGNATURE = "labels"
 LABELS_NAME = "labels"
-# The classifier layer whose input is the pooled ResNet50 features (the embedding).
-EMBEDDING_LAYER = "dropout"
 TFLITE_FILE = "model.tflite"
 # ``--quantize`` variants and their file names (``none`` is the float32 model).
 TFLITE_FILES = {"none": TFLITE_FILE, "float16": "model_float16.tflite",
@@ -87,10 +89,10 @@ def build_serving_model(cfg: config.Config, classifier: keras.Model) -> keras.Mo
 def build_embedding_model(cfg: config.Config, classifier: keras.Model) -> keras.Model:
     """Waveform ``[batch, window_samples]`` -> pooled ResNet50 features ``[batch, 2048]``.
 
-    The features are the input of the classifier's ``dropout``/``logits`` head; the model
-    shares its weights with ``classifier``.
+    The features are those the classifier's head reads (``model.embedding_features``: for
+    ``sed`` averaged over time); the model shares its weights with ``classifier``.
     """
-    features = keras.Model(classifier.input, classifier.get_layer(EMBEDDING_LAYER).input,
+    features = keras.Model(classifier.input, embedding_features(classifier),
                            name="tfbird_features")
     waveform = keras.Input(shape=(cfg.audio.window_samples,), name=INPUT_NAME)
     embedding = features(build_frontend(cfg.audio, cfg.frontend)(waveform))
@@ -229,6 +231,13 @@ def convert_to_tflite(model: keras.Model, quantize: str = "none",
         calibration_waveforms: float32 ``[n, window_samples]``, for ``"int8"`` only.
     """
     check_quantize((quantize,), calibration_waveforms)
+    # The converter exports the model through Keras, which prints every captured variable
+    # (hundreds of lines for ResNet50); keep the user's terminal for what matters.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _convert(model, quantize, calibration_waveforms)
+
+
+def _convert(model: keras.Model, quantize: str, calibration_waveforms) -> bytes:
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == "none":
