@@ -1,15 +1,18 @@
 """``tfbird`` command line: parse arguments, load the config, call one library function.
 
-Commands: ``synth``, ``ingest``, ``features``, ``train``, ``export``, ``bench``. Library errors
-(``ValueError``) are printed as one line and exit with status 2; nothing here holds logic that
-the library does not.
+Commands: ``synth``, ``ingest``, ``eda``, ``features``, ``train``, ``evaluate``, ``export``,
+``analyze``, ``bench``. Library errors (``ValueError``) are printed as one line and exit with
+status 2; nothing here holds logic that the library does not.
 
 Examples:
     python -m tfbird synth --out data/demo
     python -m tfbird ingest --data data/demo --out records/demo
+    python -m tfbird eda --data data/demo --out eda/demo
     python -m tfbird features recording.flac --out recording.npy
     python train.py --strategy mirrored
+    python -m tfbird evaluate --run-dir runs/20250101-120000 --split valid
     python export.py --tflite
+    python -m tfbird analyze recordings/ --model exports/tfbird/1 --format csv raven
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # SavedModel renaming chatter.
     try:
         return args.command(args) or 0
     except ValueError as error:
@@ -50,9 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="recordings -> TFRecord shards of log-mels")
     add_config_arguments(ingest)
-    ingest.add_argument("--data", required=True, help="BirdCLEF folder or CSV of recordings")
+    ingest.add_argument("--data", required=True, help="data set folder or CSV of recordings")
     ingest.add_argument("--out", required=True, help="records folder, e.g. records/NAME")
+    add_layout_arguments(ingest)
+    ingest.add_argument("--min-overlap-s", type=float,
+                        help="= data.min_overlap_s: Raven box overlap that labels a window")
+    ingest.add_argument("--max-failures", type=float,
+                        help="= data.max_failures: failed files allowed before the exit status "
+                             "is non-zero (a count, or a fraction of the files if below 1)")
+    ingest.add_argument("--workers", type=int, default=1,
+                        help="K processes share the shards (run one per --worker-index); the "
+                             "last to finish writes the manifest")
+    ingest.add_argument("--worker-index", type=int, default=0, help="I in 0..K-1")
+    ingest.add_argument("--restart", action="store_true",
+                        help="rewrite this run's shards instead of resuming finished ones")
     ingest.set_defaults(command=run_ingest)
+
+    eda = commands.add_parser("eda", help="data set report: PNG charts and a Markdown summary")
+    add_config_arguments(eda)
+    eda.add_argument("--data", required=True, help="data set folder or CSV of recordings")
+    eda.add_argument("--out", required=True, help="report folder")
+    add_layout_arguments(eda)
+    eda.add_argument("--examples", type=int, default=4, help="example log-mel images")
+    eda.set_defaults(command=run_eda)
 
     features = commands.add_parser("features", help="log-mel of a whole recording to .npy")
     add_config_arguments(features)
@@ -70,12 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weights", help="none | imagenet | PATH of ResNet50 notop weights")
     train.add_argument("--strategy", choices=["default", "mirrored"], help="= train.strategy")
     train.add_argument("--reingest", action="store_true", help="rewrite existing records")
+    train.add_argument("--profile-batch", metavar="START,END",
+                       help="= train.profile_batch: trace training batches START..END "
+                            "(from 1) with the TensorBoard profiler into RUN/logs")
+    train.add_argument("--deterministic", action="store_true",
+                       help="= train.deterministic: enable TensorFlow op determinism")
     train.set_defaults(command=run_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a run on a split: metrics, per-class table, thresholds, plots")
+    evaluate.add_argument("--run-dir", required=True, help="training run folder")
+    evaluate.add_argument("--records", help="records folder (default: data.records of the run)")
+    evaluate.add_argument("--split", default="valid", help="split of the records (default valid)")
+    evaluate.add_argument("--out", help="report folder (default: RUN/evaluation/SPLIT)")
+    evaluate.add_argument("--batch-size", type=int, help="examples per prediction batch")
+    evaluate.set_defaults(command=run_evaluate)
 
     export = commands.add_parser("export", help="run -> SavedModel (TF Serving) [+ TFLite]")
     add_config_arguments(export)
     export.add_argument("--run-dir", help="training run (default: newest under train.runs_dir)")
     export.add_argument("--tflite", action="store_true", help="also write model.tflite")
+    export.add_argument("--quantize", nargs="+", default=None, metavar="MODE",
+                        choices=["none", "float16", "dynamic", "int8"],
+                        help="TFLite variants to write (implies --tflite): none (float32, "
+                             "model.tflite), float16, dynamic, int8 (model_<MODE>.tflite)")
+    export.add_argument("--calibration-records", default=None,
+                        help="records folder whose training windows calibrate int8 "
+                             "(default: data.records of the run)")
+    export.add_argument("--calibration-windows", type=int, default=64,
+                        help="training windows used to calibrate int8")
+    export.add_argument("--eval-windows", type=int, default=256,
+                        help="validation windows on which each TFLite variant is scored "
+                             "against Keras (0 skips)")
     export.add_argument("--version", type=int, help="version folder (default: next integer)")
     export.add_argument("--model-name", help="= export.model_name")
     export.add_argument("--check-audio", default=None,
@@ -83,6 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "check that Keras, SavedModel and TFLite agree (default: the "
                              "run's data set)")
     export.set_defaults(command=run_export)
+
+    analyze = commands.add_parser("analyze", help="recordings -> detections (CSV, Raven, ...)")
+    analyze.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="audio files, folders (recursive) or .txt lists of paths")
+    analyze.add_argument("--model", required=True,
+                         help="run folder, SavedModel export folder or .tflite file")
+    analyze.add_argument("--out", default="analysis", help="output folder")
+    analyze.add_argument("--format", dest="formats", nargs="+", default=["csv"],
+                         choices=["csv", "raven", "audacity", "json"], help="outputs per file")
+    analyze.add_argument("--overlap", type=float, default=0.0, help="window overlap (s)")
+    analyze.add_argument("--min-conf", type=float, default=0.1, help="smallest probability")
+    analyze.add_argument("--top-n", type=int, default=None, help="at most N labels per window")
+    analyze.add_argument("--merge-consecutive", action="store_true",
+                         help="one row per call spanning consecutive windows")
+    analyze.add_argument("--species-list", help="text file: only these labels")
+    analyze.add_argument("--batch-size", type=int, default=16, help="windows per inference")
+    analyze.add_argument("--jobs", type=int, default=1, help="worker processes")
+    analyze.add_argument("--overwrite", action="store_true",
+                         help="analyse again files whose outputs are up to date")
+    analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+    analyze.set_defaults(command=run_analyze)
 
     bench = commands.add_parser("bench", help="benchmarks against librosa -> BENCHMARKS.md")
     add_config_arguments(bench)
@@ -104,6 +175,23 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
+    from tfbird.config import DATA_LAYOUTS
+
+    parser.add_argument("--layout", choices=DATA_LAYOUTS,
+                        help="= data.layout (default auto: detected from the files)")
+    parser.add_argument("--label-column", help="= data.label_column: label column of Raven "
+                                               "selection tables (default Species)")
+
+
+def layout_overrides(args) -> list[str]:
+    """``--set`` strings for the data-set flags the user gave."""
+    values = (("data.layout", args.layout), ("data.label_column", args.label_column),
+              ("data.min_overlap_s", getattr(args, "min_overlap_s", None)),
+              ("data.max_failures", getattr(args, "max_failures", None)))
+    return [f"{key}={json.dumps(value)}" for key, value in values if value is not None]
+
+
 def load_config(args, extra_overrides: list[str] = ()):
     from tfbird import config
 
@@ -123,13 +211,41 @@ def run_synth(args) -> int:
 def run_ingest(args) -> int:
     from tfbird import ingest
 
-    cfg = load_config(args)
-    manifest = ingest.ingest(cfg, args.data, args.out, progress=not args.quiet)
+    cfg = load_config(args, layout_overrides(args))
+    try:
+        manifest = ingest.ingest(cfg, args.data, args.out, progress=not args.quiet,
+                                 resume=not args.restart, workers=args.workers,
+                                 worker_index=args.worker_index)
+    except ingest.TooManyFailures as error:
+        print_ingest_summary(error.manifest, args.out)
+        raise
     print_ingest_summary(manifest, args.out)
     return 0
 
 
+def run_eda(args) -> int:
+    from tfbird import eda
+
+    cfg = load_config(args, layout_overrides(args))
+    summary = eda.run_eda(cfg, args.data, args.out, num_examples=args.examples,
+                          progress=not args.quiet)
+    print(f"EDA of {summary['recordings']} recordings ({summary['hours']:.2f} h, "
+          f"{summary['species']} species) -> {Path(args.out) / eda.SUMMARY_FILE}")
+    return 0
+
+
 def print_ingest_summary(manifest: dict, out_dir) -> None:
+    if not manifest.get("complete", True):
+        print(f"Worker {manifest['worker_index']} of {manifest['workers']}: wrote "
+              f"{manifest['shards_written']} shard(s); {manifest['shards_done']} of "
+              f"{manifest['shards_total']} are done. The manifest is written by the run that "
+              f"finds them all done.")
+        return
+    ingested = manifest.get("ingested", {})
+    print(f"Ingested {ingested.get('count', '?')} file(s) ({ingested.get('windows', '?')} "
+          f"windows); failed {manifest['failures']['count']} of {manifest.get('inputs', '?')}"
+          + "".join(f"; {reason}: {n}" for reason, n in
+                    manifest["failures"].get("by_reason", {}).items()))
     splits = manifest["splits"]
     counts = ", ".join(f"{name}: {s['recordings']} recordings, {s['examples']} windows"
                        for name, s in splits.items())
@@ -156,7 +272,9 @@ def run_train(args) -> int:
     overrides = [f"{key}={value}" for key, value in (
         ("data.path", args.data), ("data.records", args.records),
         ("train.epochs", args.epochs), ("model.weights", args.weights),
-        ("train.strategy", args.strategy)) if value is not None]
+        ("train.strategy", args.strategy),
+        ("train.profile_batch", args.profile_batch and f"[{args.profile_batch}]"),
+        ("train.deterministic", args.deterministic or None)) if value is not None]
     cfg = load_config(args, overrides)
     from tfbird import pipeline
 
@@ -168,23 +286,73 @@ def run_train(args) -> int:
     return 0
 
 
+def run_evaluate(args) -> int:
+    from tfbird import evaluation
+
+    summary = evaluation.evaluate_run(args.run_dir, records_dir=args.records, split=args.split,
+                                      out_dir=args.out, batch_size=args.batch_size)
+    out_dir = summary.pop("out_dir")
+    print(f"{args.split}: " + json.dumps(summary))
+    print(f"Report, per-class table and thresholds.csv in {out_dir}")
+    return 0
+
+
 def run_export(args) -> int:
     cfg = load_config(args)
     from tfbird import exporter, pipeline
 
     run_dir = Path(args.run_dir) if args.run_dir else exporter.newest_run(cfg.train.runs_dir)
+    run_cfg = config_of_run(run_dir)
+    quantize = tuple(args.quantize or ["none"])
+    calibration = None
+    if "int8" in quantize:
+        records_dir = args.calibration_records or run_cfg.data.records
+        calibration, _ = pipeline.record_windows(records_dir, "train", run_cfg.audio,
+                                                 limit=args.calibration_windows)
+        print(f"int8 calibration: {len(calibration)} training windows from {records_dir}")
     result = exporter.export_run(run_dir, exports_dir=cfg.export.exports_dir,
                                  model_name=args.model_name or cfg.export.model_name,
-                                 version=args.version, tflite=args.tflite)
+                                 version=args.version, tflite=args.tflite or bool(args.quantize),
+                                 quantize=quantize, calibration_waveforms=calibration)
     print(f"SavedModel: {result.saved_model_dir}")
-    if result.tflite_path:
-        print(f"TFLite: {result.tflite_path} ({result.tflite_path.stat().st_size / 1e6:.1f} MB)")
-    run_cfg = config_of_run(run_dir)
+    for path in result.tflite_paths.values():
+        print(f"TFLite: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     check_audio = args.check_audio or run_cfg.data.path
     waveforms = pipeline.check_windows(check_audio, run_cfg.audio, count=8)
     differences = exporter.compare_outputs(result, waveforms)
     print(f"Agreement on {len(waveforms)} 5-s windows from {check_audio} "
           f"(largest |p - p_keras|): " + ", ".join(f"{k} {v:.2e}" for k, v in differences.items()))
+    if result.tflite_paths and args.eval_windows > 0:
+        print_tflite_evaluation(result, run_cfg, args.eval_windows)
+    return 0
+
+
+def print_tflite_evaluation(result, run_cfg, eval_windows: int) -> None:
+    """Scores each TFLite variant against Keras on validation windows of the run's records."""
+    from tfbird import exporter, pipeline
+
+    try:
+        waveforms, targets = pipeline.record_windows(run_cfg.data.records, "valid",
+                                                     run_cfg.audio, limit=eval_windows)
+    except ValueError as error:
+        print(f"TFLite variants not scored on validation windows: {error}")
+        return
+    table = exporter.evaluate_tflite_variants(result, waveforms, targets)
+    print(f"TFLite variants on {len(waveforms)} validation windows of {run_cfg.data.records}:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def run_analyze(args) -> int:
+    from tfbird import analyze
+    from tfbird.config import AnalyzeConfig
+
+    cfg = AnalyzeConfig(
+        overlap_s=args.overlap, min_conf=args.min_conf, top_n=args.top_n,
+        merge_consecutive=args.merge_consecutive, species_list=args.species_list,
+        formats=tuple(dict.fromkeys(args.formats)), batch_size=args.batch_size,
+        jobs=args.jobs, out_dir=args.out, overwrite=args.overwrite).validate()
+    summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
+    print(analyze.format_summary(summary))
     return 0
 
 

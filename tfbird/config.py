@@ -196,6 +196,9 @@ class SynthConfig:
         _require(self.snr_db_min <= self.snr_db_max, "synth.snr_db_min", self.snr_db_min)
 
 
+MODEL_HEADS = ("gap", "sed")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The classifier: log-mel image -> ResNet50 -> pooled features -> logits.
@@ -213,6 +216,11 @@ class ModelConfig:
         zero_init_residual: with ``weights: none``, start the last batch norm of every
             residual block at zero, so each block starts as the identity (Goyal et al., 2017):
             a deep network from scratch trains in fewer steps.
+        head: ``"gap"`` (global average pooling -> dropout -> dense logits) or ``"sed"``
+            (PANNs-style sound-event head: per-time-step class scores and attention over
+            time; see ``tfbird.model``). Both output clip logits.
+        sed_gru_units: units of each direction of a bidirectional GRU over time in the
+            ``sed`` head; 0 (default) leaves it out (a GRU may not convert to TFLite builtins).
     """
 
     weights: str = "none"
@@ -220,6 +228,8 @@ class ModelConfig:
     dropout: float = 0.2
     bn_momentum: float | None = None
     zero_init_residual: bool = True
+    head: str = "gap"
+    sed_gru_units: int = 0
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -228,6 +238,11 @@ class ModelConfig:
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout)
         _require(self.bn_momentum is None or 0.0 <= self.bn_momentum < 1.0,
                  "model.bn_momentum", self.bn_momentum)
+        _require(self.head in MODEL_HEADS, "model.head", self.head)
+        _require(self.sed_gru_units >= 0, "model.sed_gru_units", self.sed_gru_units)
+
+
+MIXUP_TARGETS = ("weighted", "union")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,17 +255,57 @@ class AugmentConfig:
         freq_mask_mels: widest SpecAugment frequency mask, in mel bands (0 disables).
         mixup_alpha: mixup's Beta(alpha, alpha) weight of two examples and their targets
             (0 disables; 0.2-0.5 is usual).
+        mixup_targets: ``"weighted"`` (the targets mixed with the same weight as the
+            log-mels) or ``"union"`` (the element-wise max of the two targets: both calls
+            are audible in the mix).
+        noise_probability: share of examples that get Gaussian noise (0 disables).
+        noise_snr_db: ``[min, max]`` of the uniform random signal-to-noise ratio of that
+            noise, in dB, relative to the example's mean power.
+        freq_shift_mels: largest random shift along the mel axis, in mel bands, up or down;
+            bands shifted in are filled with the example's floor (0 disables).
+        freq_shift_probability: share of examples that are shifted.
+        background_dir: records folder (``tfbird ingest`` of noise recordings, same front
+            end) whose log-mels are mixed into training examples; ``None`` disables.
+        background_probability: share of examples that get a background log-mel.
+        background_snr_db: ``[min, max]`` of the uniform random signal-to-background ratio,
+            in dB, relative to the example's mean power.
     """
 
     time_roll: bool = False
     time_mask_frames: int = 0
     freq_mask_mels: int = 0
     mixup_alpha: float = 0.0
+    mixup_targets: str = "weighted"
+    noise_probability: float = 0.0
+    noise_snr_db: tuple[float, float] = (5.0, 20.0)
+    freq_shift_mels: int = 0
+    freq_shift_probability: float = 0.5
+    background_dir: str | None = None
+    background_probability: float = 0.5
+    background_snr_db: tuple[float, float] = (0.0, 20.0)
 
     def validate(self) -> None:
         _require(self.mixup_alpha >= 0.0, "augment.mixup_alpha", self.mixup_alpha)
         _require(self.time_mask_frames >= 0, "augment.time_mask_frames", self.time_mask_frames)
         _require(self.freq_mask_mels >= 0, "augment.freq_mask_mels", self.freq_mask_mels)
+        _require(self.mixup_targets in MIXUP_TARGETS, "augment.mixup_targets",
+                 self.mixup_targets)
+        _require(0.0 <= self.noise_probability <= 1.0, "augment.noise_probability",
+                 self.noise_probability)
+        _require(self.noise_snr_db[0] <= self.noise_snr_db[1], "augment.noise_snr_db",
+                 self.noise_snr_db)
+        _require(self.freq_shift_mels >= 0, "augment.freq_shift_mels", self.freq_shift_mels)
+        _require(0.0 <= self.freq_shift_probability <= 1.0, "augment.freq_shift_probability",
+                 self.freq_shift_probability)
+        _require(self.background_dir is None or self.background_dir.strip() != "",
+                 "augment.background_dir", self.background_dir)
+        _require(0.0 <= self.background_probability <= 1.0, "augment.background_probability",
+                 self.background_probability)
+        _require(self.background_snr_db[0] <= self.background_snr_db[1],
+                 "augment.background_snr_db", self.background_snr_db)
+
+
+LOSSES = ("bce", "focal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +323,16 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay.
         runs_dir: parent folder of the timestamped run folders.
         seed: seed of weight initialisation, shuffling and dropout.
+        loss: ``"bce"`` (binary cross-entropy) or ``"focal"`` (binary focal cross-entropy,
+            Lin et al., 2017), both on logits.
+        focal_gamma: focusing exponent of the focal loss (0 gives BCE).
+        clipnorm: AdamW clips each gradient tensor to this L2 norm; ``None`` disables.
+        early_stopping_patience: stop after this many epochs without a better validation
+            ROC-AUC; 0 disables.
+        profile_batch: ``[first, last]`` training batches (counted from 1) traced by the
+            TensorBoard profiler into ``logs/``; ``None`` disables.
+        deterministic: ``tf.config.experimental.enable_op_determinism()``: bit-identical
+            reruns, at some speed cost.
     """
 
     strategy: str = "default"
@@ -279,6 +344,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     runs_dir: str = "runs"
     seed: int = 0
+    loss: str = "bce"
+    focal_gamma: float = 2.0
+    clipnorm: float | None = None
+    early_stopping_patience: int = 0
+    profile_batch: tuple[int, int] | None = None
+    deterministic: bool = False
 
     def validate(self) -> None:
         _require(self.strategy in ("default", "mirrored"), "train.strategy", self.strategy)
@@ -289,6 +360,14 @@ class TrainConfig:
         _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate)
         _require(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs)
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay)
+        _require(self.loss in LOSSES, "train.loss", self.loss)
+        _require(self.focal_gamma >= 0, "train.focal_gamma", self.focal_gamma)
+        _require(self.clipnorm is None or self.clipnorm > 0, "train.clipnorm", self.clipnorm)
+        _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",
+                 self.early_stopping_patience)
+        _require(self.profile_batch is None
+                 or 1 <= self.profile_batch[0] <= self.profile_batch[1],
+                 "train.profile_batch", self.profile_batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,7 +422,7 @@ class AnalyzeConfig:
     out_dir: str = "analysis"
     overwrite: bool = False
 
-    def validate(self) -> "AnalyzeConfig":
+    def validate(self) -> AnalyzeConfig:
         _require(self.overlap_s >= 0, "analyze.overlap_s", self.overlap_s)
         _require(0.0 <= self.min_conf <= 1.0, "analyze.min_conf", self.min_conf)
         _require(self.top_n is None or self.top_n >= 1, "analyze.top_n", self.top_n)
@@ -366,7 +445,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         self.audio.validate()
         self.frontend.validate(self.audio.sample_rate_hz)
         self.data.validate()
