@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile
-
 from conftest import requires_shared_audio, shared_recordings
+
 from tfbird import analyze, cli, detections, exporter
 from tfbird.config import AnalyzeConfig
 from tfbird.waveform import AudioDecodeError, load_waveform

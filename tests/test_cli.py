@@ -11,8 +11,8 @@ import librosa
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import REPO
+
 from tfbird import cli
 
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import soundfile
 import tensorflow as tf
-
 from conftest import SHARED_AUDIO, requires_shared_audio
+
 from tfbird import analyze, config, exporter, pipeline
 from tfbird.config import AnalyzeConfig, AudioConfig
 

@@ -5,8 +5,8 @@ import librosa
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import requires_shared_audio, shared_recordings
+
 from tfbird.config import AudioConfig, FrontendConfig
 from tfbird.frontend import LogMelSpectrogram, build_frontend
 from tfbird.waveform import load_waveform

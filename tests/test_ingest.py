@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import soundfile
 import tensorflow as tf
-
 from conftest import requires_shared_audio, shared_recordings, tiny_config
+
 from tfbird import config, ingest, pipeline, records
 from tfbird.waveform import load_waveform
 

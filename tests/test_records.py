@@ -23,10 +23,9 @@ def test_example_round_trip():
 def test_shard_is_renamed_only_on_success(tmp_path):
     path = tmp_path / records.shard_name("train", 0, 2)
     assert path.name == "train-00000-of-00002.tfrecord"
-    with pytest.raises(RuntimeError):
-        with records.ShardWriter(path) as writer:
-            writer.write(b"x")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), records.ShardWriter(path) as writer:
+        writer.write(b"x")
+        raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
     with records.ShardWriter(path) as writer:
         writer.write(b"a")

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import soundfile
 
-from tfbird import config, exporter, labels as labels_lib, serving_client
+from tfbird import config, exporter, serving_client
+from tfbird import labels as labels_lib
 
 
 def test_request_is_a_rest_predict_call_with_one_instance_per_window():

@@ -5,10 +5,15 @@ import librosa
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import requires_shared_audio, shared_recordings
+
 from tfbird.config import AudioConfig
-from tfbird.waveform import AudioDecodeError, cut_windows, decode_for_pipeline, load_waveform
+from tfbird.waveform import (
+    AudioDecodeError,
+    cut_windows,
+    decode_for_pipeline,
+    load_waveform,
+)
 
 SR = 32000
 

@@ -119,7 +119,7 @@ def write_section(path: Path, title: str, section: str) -> None:
         "# Benchmarks\n\nFigures from `python -m tfbird bench ...` on this project's 2-core "
         "CPU machines. The machines are shared, so compare ratios measured in the same run, "
         "not absolute seconds across runs.\n")
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text)
     else:

@@ -77,7 +77,7 @@ class ShardWriter:
         self.num_examples = 0
         self._writer = None
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         self._writer = tf.io.TFRecordWriter(str(self.temporary_path))
         return self
 
