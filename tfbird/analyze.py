@@ -38,7 +38,7 @@ from tqdm import tqdm
 from tfbird import detections as detections_lib
 from tfbird import labels as labels_lib
 from tfbird.config import AnalyzeConfig
-from tfbird.waveform import AudioDecodeError
+from tfbird.waveform import AudioDecodeError, check_file_exists_with_bytes
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 ERRORS_FILE = "errors.csv"
@@ -128,11 +128,7 @@ def stream_waveform(path: str | Path, sample_rate_hz: int, block_s: float = 60.0
         AudioDecodeError: missing, empty or unreadable file, or NaN/inf samples; raised when
             the problem is met, possibly after some blocks were yielded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioDecodeError(f"file missing: {path}")
-    if path.stat().st_size == 0:
-        raise AudioDecodeError(f"empty: the file has zero bytes: {path}")
+    path = check_file_exists_with_bytes(path)
     try:
         sound = soundfile.SoundFile(path)
     except Exception as error:  # libsndfile raises several types; all mean "unreadable".

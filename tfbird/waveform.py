@@ -41,6 +41,16 @@ def failure_reason(message: str) -> str:
     return message.split(": ", 1)[0]
 
 
+def check_file_exists_with_bytes(path: str | Path) -> Path:
+    """``path`` as a ``Path``; ``AudioDecodeError`` "file missing" or "empty" (zero bytes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioDecodeError(f"file missing: {path}")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"empty: the file has zero bytes: {path}")
+    return path
+
+
 def load_waveform(path: str | Path, sample_rate_hz: int) -> np.ndarray:
     """Decodes an audio file to a mono float32 waveform at ``sample_rate_hz``.
 
@@ -56,11 +66,7 @@ def load_waveform(path: str | Path, sample_rate_hz: int) -> np.ndarray:
             (``unreadable``), no frames (``no audio after decode``), only NaN samples
             (``all-NaN``) or some NaN/inf samples (``non-finite``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioDecodeError(f"file missing: {path}")
-    if path.stat().st_size == 0:
-        raise AudioDecodeError(f"empty: the file has zero bytes: {path}")
+    path = check_file_exists_with_bytes(path)
     try:
         audio, source_rate_hz = soundfile.read(path, dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile raises several types; all mean "unreadable".
