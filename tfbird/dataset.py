@@ -85,16 +85,14 @@ def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size
     if training and augment is not None:
         # One stateless seed per batch from a seeded stream: reproducible augmentation.
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        inputs = [dataset, seeds]
         if augment.background_dir:
-            background = background_dataset(augment.background_dir, logmel_shape, batch_size,
-                                            seed, shuffle_buffer_size)
-            dataset = tf.data.Dataset.zip(dataset, seeds, background).map(
-                lambda batch, seed_pair, noise: augment_batch(*batch, augment, seed_pair, noise),
-                num_parallel_calls=tf.data.AUTOTUNE)
-        else:
-            dataset = tf.data.Dataset.zip(dataset, seeds).map(
-                lambda batch, seed_pair: augment_batch(*batch, augment, seed_pair),
-                num_parallel_calls=tf.data.AUTOTUNE)
+            inputs.append(background_dataset(augment.background_dir, logmel_shape, batch_size,
+                                             seed, shuffle_buffer_size))
+        dataset = tf.data.Dataset.zip(*inputs).map(
+            lambda batch, seed_pair, *background: augment_batch(*batch, augment, seed_pair,
+                                                                *background),
+            num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
