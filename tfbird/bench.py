@@ -89,11 +89,15 @@ def bench_ingest(data: Path, cfg: config.Config, repeats: int = 3) -> dict:
         with tempfile.TemporaryDirectory() as out_dir:
             ingest.ingest(cfg, data, out_dir, progress=False)
 
-    audio_s = sum(len(load_waveform(p, sample_rate_hz)) for p in table["path"]) / sample_rate_hz
+    def decode_only():  # The floor: soundfile decode + soxr resample, nothing else.
+        return sum(len(load_waveform(path, sample_rate_hz)) for path in table["path"])
+
+    audio_s = decode_only() / sample_rate_hz
     librosa_s = median_seconds(with_librosa, repeats)
     tfbird_s = median_seconds(with_tfbird, repeats)
+    decode_only_s = median_seconds(decode_only, repeats)
     return {"files": len(table), "audio_s": audio_s, "librosa_s": librosa_s,
-            "tfbird_s": tfbird_s}
+            "tfbird_s": tfbird_s, "decode_only_s": decode_only_s}
 
 
 def format_section(title: str, result: dict, what: str, repeats: int) -> str:
@@ -101,6 +105,9 @@ def format_section(title: str, result: dict, what: str, repeats: int) -> str:
     command = "python -m tfbird " + " ".join(sys.argv[1:])
     hours = result["audio_s"] / 3600
     rows = [("librosa", result["librosa_s"]), ("tfbird", result["tfbird_s"])]
+    if "decode_only_s" in result:
+        rows.append(("decode + resample only (soundfile + soxr, 1 thread)",
+                     result["decode_only_s"]))
     table = "\n".join(
         f"| {name} | {seconds:.2f} | {result['audio_s'] / seconds:.0f}x |" for name, seconds in rows)
     return (f"## {title}\n\n"
@@ -110,7 +117,9 @@ def format_section(title: str, result: dict, what: str, repeats: int) -> str:
             f"after a warm-up.\n\n"
             f"| path | seconds | realtime factor |\n|---|---|---|\n{table}\n\n"
             f"**tfbird is {result['librosa_s'] / result['tfbird_s']:.2f}x librosa** "
-            f"(ratio of the medians, measured side by side in one run).\n")
+            f"(ratio of the medians, measured side by side in one run).\n"
+            + (f"\ntfbird runs at {result['decode_only_s'] / result['tfbird_s']:.2f}x the "
+               f"decode-only rate.\n" if "decode_only_s" in result else ""))
 
 
 def write_section(path: Path, title: str, section: str) -> None:
