@@ -134,7 +134,9 @@ def record_windows(records_dir: str | Path, split: str, audio: config.AudioConfi
                          f"Received: records={str(records_dir)!r}")
     if limit is not None and len(rows) > limit:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
-    table, _ = catalog.read_catalog(manifest["source"])
+    # Read the data set as ingest did: its layout may not be the one auto-detection picks.
+    table, _ = catalog.read_catalog(manifest["source"], manifest.get("layout", "auto"),
+                                    manifest["selection"]["label_column"])
     path_of = dict(zip(table["filename"], table["path"]))
     size = audio.window_samples
     waveforms, targets, loaded = [], [], {}
