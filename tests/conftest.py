@@ -13,9 +13,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
-import tensorflow as tf
 
-from tfbird import config
+import tfbird  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
+import tensorflow as tf  # noqa: E402
+
+from tfbird import config  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(

@@ -71,3 +71,32 @@ def test_targets_per_task_and_the_classes_they_mark():
         labels)
     with pytest.raises(ValueError, match="Received: task='binary'"):
         dataset.read_targets(labels, secondary, "binary")
+
+
+def test_validation_steps_are_padded_so_no_replica_gets_an_empty_batch():
+    """5 examples in batches of 2 on 2 replicas: 3 real batches, one filler, weights 0 on the
+    padding, and the weighted ROC-AUC equals sklearn's on the 5 real examples."""
+    import keras
+    import tensorflow as tf
+    from sklearn.metrics import roc_auc_score
+
+    x = np.arange(5, dtype=np.float32)[:, None]
+    y = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]], np.float32)
+    scores = np.array([[0.9, 0.2], [0.3, 0.8], [0.4, 0.1], [0.6, 0.7], [0.2, 0.3]], np.float32)
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    padded = list(dataset.pad_to_full_steps(batches, 2, replicas_per_pipeline=2)
+                  .as_numpy_iterator())
+    assert len(padded) == 4
+    assert all(bx.shape == (2, 1) and by.shape == (2, 2) and bw.shape == (2,)
+               for bx, by, bw in padded)
+    weights = np.concatenate([bw for _, _, bw in padded])
+    np.testing.assert_array_equal(weights, [1, 1, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(np.concatenate([bx for bx, _, _ in padded])[:5], x)
+
+    auc = keras.metrics.AUC(multi_label=True, num_thresholds=2001)
+    for bx, by, bw in padded:
+        # Padding repeats an example, here with another score: only its weight keeps it out.
+        batch_scores = np.where(bw[:, None] > 0, scores[bx[:, 0].astype(int)], 0.99)
+        auc.update_state(by, batch_scores, bw)
+    expected = roc_auc_score(y, scores, average="macro")
+    assert float(auc.result()) == pytest.approx(expected, abs=1e-3)

@@ -299,14 +299,63 @@ def distributed_dataset(strategy: tf.distribute.Strategy, records_dir: str | Pat
                         augment: AugmentConfig | None = None, task: str = "multilabel",
                         secondary_label_weight: float = 1.0, data_service: str | None = None,
                         frontend_in_model: bool = False, sampling: str = "natural"):
-    """``make_dataset`` per input pipeline through ``distribute_datasets_from_function``."""
+    """``make_dataset`` per input pipeline through ``distribute_datasets_from_function``.
+
+    Evaluation batches (not ``training``) come as ``(x, targets, sample_weight)`` through
+    ``pad_to_full_steps``, so every replica gets a full batch at every step.
+    """
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        return make_dataset(records_dir, manifest, split, batch_size, training, seed,
-                            shuffle_buffer_size, input_context, augment, task=task,
-                            secondary_label_weight=secondary_label_weight,
-                            data_service=data_service, frontend_in_model=frontend_in_model,
-                            sampling=sampling)
+        dataset = make_dataset(records_dir, manifest, split, batch_size, training, seed,
+                               shuffle_buffer_size, input_context, augment, task=task,
+                               secondary_label_weight=secondary_label_weight,
+                               data_service=data_service, frontend_in_model=frontend_in_model,
+                               sampling=sampling)
+        if training:
+            return dataset
+        replicas_per_pipeline = (input_context.num_replicas_in_sync
+                                 // input_context.num_input_pipelines)
+        return pad_to_full_steps(dataset, batch_size, replicas_per_pipeline)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def pad_to_full_steps(dataset: tf.data.Dataset, batch_size: int,
+                      replicas_per_pipeline: int = 1) -> tf.data.Dataset:
+    """Batches ``(x, targets)`` of at most ``batch_size`` as ``(x, targets, sample_weight)``
+    in which every batch is full and the batches come in whole steps of
+    ``replicas_per_pipeline``: the last partial batch is padded with copies of its first
+    example and filler batches are added, all with ``sample_weight`` 0.
+
+    Under a distribution strategy, a split that does not fill its last step would otherwise
+    leave a replica with an empty batch, which oneDNN's batch norm cannot run. The weight
+    keeps the padding out of the metrics (ROC-AUC counts weighted examples); a ``val_loss``
+    averaged over the batch counts it as zero-loss examples on the last step only.
+
+    Example:
+        >>> batches = tf.data.Dataset.range(5).map(lambda i: (float(i), 0.0)).batch(2)
+        >>> [w.tolist() for _, _, w in pad_to_full_steps(batches, 2, 2).as_numpy_iterator()]
+        [[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+    """
+
+    def pad_batch(x, targets):
+        real = tf.shape(x)[0]
+        missing = batch_size - real
+        weights = tf.concat([tf.ones([real]), tf.zeros([missing])], axis=0)
+
+        def pad(tensor):
+            first = tf.repeat(tensor[:1], missing, axis=0)
+            return tf.ensure_shape(tf.concat([tensor, first], axis=0),
+                                   [batch_size, *tensor.shape[1:]])
+
+        return pad(x), pad(targets), tf.ensure_shape(weights, [batch_size])
+
+    dataset = dataset.map(pad_batch)
+    if replicas_per_pipeline > 1:
+        # n batches and r - 1 fillers, in groups of r without the last partial group: the
+        # n batches followed by fillers up to the next multiple of r.
+        fillers = dataset.take(1).map(lambda x, targets, weights: (x, targets, 0.0 * weights))
+        dataset = dataset.concatenate(fillers.repeat(replicas_per_pipeline - 1))
+        dataset = dataset.batch(replicas_per_pipeline, drop_remainder=True).unbatch()
+    return dataset.prefetch(tf.data.AUTOTUNE)
