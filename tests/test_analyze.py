@@ -317,6 +317,15 @@ def test_jobs_run_in_spawned_worker_processes(saved_model_dir, tmp_path):
                                   atol=1e-4)
 
 
+def test_worker_threads_share_the_cores_unless_given(monkeypatch):
+    monkeypatch.setattr(analyze.os, "cpu_count", lambda: 8)
+    assert analyze.threads_per_worker(AnalyzeConfig(jobs=3), 3) == 2
+    assert analyze.threads_per_worker(AnalyzeConfig(jobs=16), 16) == 1
+    assert analyze.threads_per_worker(AnalyzeConfig(jobs=2, threads_per_job=3), 2) == 3
+    with pytest.raises(ValueError, match="threads_per_job"):
+        AnalyzeConfig(threads_per_job=-1).validate()
+
+
 def test_dask_local_cluster_gives_the_same_outputs_as_one_job(saved_model_dir, tmp_path):
     for i in range(3):
         soundfile.write(tmp_path / f"r{i}.wav", tone(5.0 + i, 32000, 1000.0 + 2000 * i), 32000)

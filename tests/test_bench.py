@@ -57,6 +57,10 @@ def test_analyze_section_reports_realtime_factors_and_scaling():
     assert "| keras | 60.00 | 120x |" in section and "| tflite_int8 | 24.00 | 300x |" in section
     assert "| `jobs 2` | 32.00 | 1.88x | 94% |" in section
     assert "| `dask-local 2` | 40.00 | 1.50x | 75% |" in section
+    assert "TensorFlow's threads" not in section  # one_process_seconds not measured
+    section = bench.format_analyze_section({**FAKE_ANALYSIS, "one_process_seconds": 40.0},
+                                           "python -m tfbird bench analyze")
+    assert "cores: 40.00 s, 1.50x one single-thread worker." in section
 
 
 def test_scaling_plots_are_three_pngs(tmp_path):

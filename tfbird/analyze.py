@@ -493,11 +493,11 @@ def run_jobs(recordings: list[tuple[Path, Path]], info: ModelInfo, cfg: AnalyzeC
     if cfg.dask_scheduler or cfg.dask_local:
         yield from run_dask_jobs(recordings, info, cfg, keep_labels)
         return
-    if cfg.jobs == 1:
+    if cfg.jobs == 1 and not cfg.threads_per_job:
         for path, stem in recordings:
             yield analyze_file(path, stem, info, cfg, keep_labels)
         return
-    num_threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    num_threads = threads_per_worker(cfg, cfg.jobs)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
             cfg.jobs, mp_context=context, initializer=init_worker,
@@ -523,7 +523,7 @@ def run_dask_jobs(recordings: list[tuple[Path, Path]], info: ModelInfo, cfg: Ana
     distributed = import_distributed()
     logging.getLogger("distributed").setLevel(logging.ERROR)  # Cluster start/stop chatter.
     if cfg.dask_local:
-        num_threads = max(1, (os.cpu_count() or 1) // cfg.dask_local)
+        num_threads = threads_per_worker(cfg, cfg.dask_local)
         cluster = distributed.LocalCluster(
             n_workers=cfg.dask_local, threads_per_worker=1, processes=True,
             dashboard_address=":0", silence_logs=logging.ERROR)  # Any free dashboard port.
@@ -542,6 +542,11 @@ def run_dask_jobs(recordings: list[tuple[Path, Path]], info: ModelInfo, cfg: Ana
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def threads_per_worker(cfg: AnalyzeConfig, workers: int) -> int:
+    """``cfg.threads_per_job``, or by default the cores shared evenly among ``workers``."""
+    return cfg.threads_per_job or max(1, (os.cpu_count() or 1) // workers)
 
 
 def import_distributed():

@@ -187,7 +187,8 @@ def time_analysis(inputs: list[str | Path], model: Path, repeats: int, cold: boo
     ``settings`` are ``AnalyzeConfig`` fields (``jobs``, ``dask_local``, ...). In this
     process the model stays loaded between runs (the warm-up run loads it), so the time is
     the steady-state analysis, unless ``cold``: then each run loads it again, as worker
-    processes (``jobs`` > 1, Dask) always do, so that worker counts compare fairly.
+    processes (``jobs`` > 1, ``threads_per_job``, Dask) always do, so that runs compare
+    fairly.
     """
     from tfbird import analyze
     from tfbird.config import AnalyzeConfig
@@ -226,11 +227,15 @@ def bench_analyze(inputs: list[str | Path], models: list[tuple[str, Path]], repe
         result["audio_s"] = timing["audio_s"]
         result["models"].append({"name": name, "seconds": timing["seconds"]})
     scaling_model = models[0][1]
-    for mode, count, settings in [("jobs", 1, {"cold": True}),
+    # One thread per worker: a worker is one core's worth of work, as in the scaling plots.
+    for mode, count, settings in [("jobs", 1, {"jobs": 1}),
                                   ("jobs", workers, {"jobs": workers}),
                                   ("dask-local", workers, {"dask_local": workers})]:
-        timing = time_analysis(inputs, scaling_model, repeats, **settings)
+        timing = time_analysis(inputs, scaling_model, repeats, threads_per_job=1, **settings)
         result["scaling"].append({"mode": mode, "workers": count, "seconds": timing["seconds"]})
+    # The default, for reference: one process, TensorFlow's threads over all the cores.
+    result["one_process_seconds"] = time_analysis(inputs, scaling_model, repeats,
+                                                  cold=True)["seconds"]
     result["scaling_model"] = models[0][0]
     return result
 
@@ -262,12 +267,27 @@ def format_analyze_section(result: dict, command: str) -> str:
             f"(decode, windows, inference, outputs); median of the timed runs after a "
             f"warm-up.\n\n"
             f"| model | seconds | realtime factor |\n|---|---|---|\n{models}\n\n"
-            f"Workers, with the {result.get('scaling_model', 'first')} model; every run loads "
-            f"the model (in each worker process), so use an hour or more of audio:\n\n"
+            f"Workers, with the {result.get('scaling_model', 'first')} model: worker processes "
+            f"of one thread each (`--threads-per-job 1`), each loading the model, so use an "
+            f"hour or more of audio:\n\n"
             f"| run | seconds | speedup | efficiency |\n|---|---|---|---|\n{scaling}\n\n"
+            f"{one_process_line(result)}"
             f"Plots: `python -m tfbird bench analyze --plots` (from `{ANALYZE_RESULTS}`). The "
             f"macro ROC-AUC change of each TFLite variant is printed by `python export.py "
             f"--quantize ...`.\n")
+
+
+def one_process_line(result: dict) -> str:
+    """The default ``--jobs 1`` (this process, TensorFlow's threads on every core) against
+    one single-thread worker, when measured."""
+    seconds = result.get("one_process_seconds")
+    if seconds is None:
+        return ""
+    table = scaling_table(result)
+    single = float(table.loc[table["mode"] == "jobs", "seconds"].iloc[0])
+    return (f"The default `--jobs 1` analyses in one process with TensorFlow's threads on all "
+            f"{os.cpu_count()} cores: {seconds:.2f} s, {single / seconds:.2f}x one "
+            f"single-thread worker.\n\n")
 
 
 def plot_scaling(result: dict, out_dir: str | Path) -> list[Path]:

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--species-list", help="text file: only these labels")
     analyze.add_argument("--batch-size", type=int, default=16, help="windows per inference")
     analyze.add_argument("--jobs", type=int, default=1, help="worker processes")
+    analyze.add_argument("--threads-per-job", type=int, default=0, metavar="N",
+                         help="threads of each worker process (default: the cores shared "
+                              "evenly among the workers)")
     analyze.add_argument("--dask-scheduler", metavar="ADDRESS",
                          help="send the files to this Dask scheduler, e.g. tcp://host:8786 "
                               "(pip install 'tfbird[dask]'; workers must see the same paths)")
@@ -407,7 +410,7 @@ def run_analyze(args) -> int:
         top_n=args.top_n,
         merge_consecutive=args.merge_consecutive, species_list=args.species_list,
         formats=tuple(dict.fromkeys(args.formats)), batch_size=args.batch_size,
-        jobs=args.jobs, dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
+        jobs=args.jobs, threads_per_job=args.threads_per_job, dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
         out_dir=args.out, overwrite=args.overwrite).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))

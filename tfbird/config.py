@@ -492,6 +492,10 @@ class AnalyzeConfig:
         block_s: audio read (and resampled) per step, in seconds; bounds the memory used by
             one recording, however long.
         jobs: worker processes, one recording each at a time.
+        threads_per_job: TensorFlow (or TFLite) threads of each worker process (``jobs``,
+            ``dask_local``); 0 shares the cores evenly (cores // workers), and with
+            ``jobs: 1`` analyses in this process with TensorFlow's own thread count. A
+            value with ``jobs: 1`` runs one worker process with that many threads.
         dask_scheduler: address of a Dask scheduler (``tcp://host:8786``) whose workers
             analyse the recordings instead (the ``dask`` extra); ``None``: not used.
         dask_local: start a local Dask cluster of this many worker processes instead;
@@ -510,6 +514,7 @@ class AnalyzeConfig:
     batch_size: int = 16
     block_s: float = 60.0
     jobs: int = 1
+    threads_per_job: int = 0
     dask_scheduler: str | None = None
     dask_local: int = 0
     out_dir: str = "analysis"
@@ -524,6 +529,7 @@ class AnalyzeConfig:
         _require(self.batch_size >= 1, "analyze.batch_size", self.batch_size)
         _require(self.block_s > 0, "analyze.block_s", self.block_s)
         _require(self.jobs >= 1, "analyze.jobs", self.jobs)
+        _require(self.threads_per_job >= 0, "analyze.threads_per_job", self.threads_per_job)
         _require(self.dask_local >= 0, "analyze.dask_local", self.dask_local)
         workers = {"jobs": self.jobs if self.jobs > 1 else None,
                    "dask_scheduler": self.dask_scheduler, "dask_local": self.dask_local or None}
