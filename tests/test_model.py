@@ -131,6 +131,21 @@ def test_sed_clip_score_is_the_attention_weighted_framewise_score(tmp_path):
     np.testing.assert_allclose(embedding(x), np.mean(sequence, axis=1), rtol=1e-5, atol=1e-6)
 
 
+def test_sed_logit_pooling_gives_the_attention_weighted_step_logits():
+    classifier = sed_classifier(sed_clip_pooling="logit")
+    x = np.random.default_rng(4).normal(size=(4, 101, 40)).astype("float32")
+    probe = keras.Model(classifier.input, [classifier.get_layer(name).output for name in
+                                           ("sed_cla", "sed_att", "logits")])
+    cla, att_tanh, logits = (np.asarray(t, np.float64) for t in probe(x))
+    attention = np.exp(att_tanh) / np.exp(att_tanh).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(logits, (attention * cla).sum(axis=1), rtol=1e-5, atol=1e-5)
+    framewise = model_lib.framewise_model(classifier)(x).numpy()
+    step_of_frame = np.floor((np.arange(101) + 0.5) * 3 / 101).astype(int)
+    np.testing.assert_allclose(framewise, 1 / (1 + np.exp(-cla[:, step_of_frame])), atol=1e-6)
+    with pytest.raises(ValueError, match="sed_clip_pooling"):
+        ModelConfig(head="sed", sed_clip_pooling="max").validate()
+
+
 def test_probability_to_logit_is_the_inverse_sigmoid_and_clips():
     p = np.array([0.0, 1e-9, 0.25, 0.5, 0.9, 1.0], "float32")
     logits = keras.ops.convert_to_numpy(model_lib.probability_to_logit(p))

@@ -222,6 +222,7 @@ class SynthConfig:
 
 MODEL_HEADS = ("gap", "sed")
 MODEL_TASKS = ("multilabel", "multiclass")
+SED_CLIP_POOLINGS = ("probability", "logit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +251,11 @@ class ModelConfig:
             ingested with ``data.store: pcm``.
         sed_gru_units: units of each direction of a bidirectional GRU over time in the
             ``sed`` head; 0 (default) leaves it out (a GRU may not convert to TFLite builtins).
+        sed_clip_pooling: how the ``sed`` head pools its time steps into the clip score,
+            both weighted by the attention: ``"probability"`` (PANNs: ``p = sum_t att *
+            sigmoid(cla)``) or ``"logit"`` (``logit = sum_t att * cla``: with uniform
+            attention it starts as ``gap``'s average pooling, and learns as fast from
+            scratch; see BENCHMARKS.md). The framewise scores are ``sigmoid(cla)`` either way.
         task: ``"multilabel"`` (a sigmoid per class, binary losses, multi-hot targets) or
             ``"multiclass"`` (one softmax over the classes, categorical cross-entropy, the
             primary label as target; see ``tfbird.dataset.read_targets``). ``gap`` head only.
@@ -262,6 +268,7 @@ class ModelConfig:
     zero_init_residual: bool = True
     head: str = "gap"
     sed_gru_units: int = 0
+    sed_clip_pooling: str = "probability"
     frontend_in_model: bool = False
     task: str = "multilabel"
 
@@ -274,6 +281,8 @@ class ModelConfig:
                  "model.bn_momentum", self.bn_momentum)
         _require(self.head in MODEL_HEADS, "model.head", self.head)
         _require(self.sed_gru_units >= 0, "model.sed_gru_units", self.sed_gru_units)
+        _require(self.sed_clip_pooling in SED_CLIP_POOLINGS, "model.sed_clip_pooling",
+                 self.sed_clip_pooling)
         _require(self.task in MODEL_TASKS, "model.task", self.task)
         # The sed head's clip score is a per-class sigmoid: no softmax over classes.
         _require(self.task == "multilabel" or self.head == "gap", "model.task", self.task)

@@ -35,7 +35,7 @@ import tensorflow as tf
 from tfbird import config, metrics
 from tfbird import labels as labels_lib
 from tfbird.frontend import build_frontend
-from tfbird.model import embedding_features, framewise_model, logmel_classifier
+from tfbird.model import embedding_features, framewise_model, has_sed_head, logmel_classifier
 from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE
 
 SIGNATURE = "serving_default"
@@ -118,7 +118,7 @@ def build_framewise_serving_model(cfg: config.Config, classifier: keras.Model
     """Waveform ``[batch, window_samples]`` -> framewise probabilities ``[batch, frames,
     classes]`` (one per log-mel frame, ``model.framewise_model``) for a classifier with the
     ``sed`` head; ``None`` for other heads. Shares its weights with ``classifier``."""
-    if "sed_framewise" not in {layer.name for layer in classifier.layers}:
+    if not has_sed_head(classifier):
         return None
     waveform = keras.Input(shape=(cfg.audio.window_samples,), name=INPUT_NAME)
     framewise = framewise_model(classifier)(build_frontend(cfg.audio, cfg.frontend)(waveform))

@@ -13,8 +13,10 @@ one float32 logit per class: the model outputs **logits**; the sigmoid is applie
   through a bidirectional GRU (``model.sed_gru_units``), and two 1x1 convolutions give per
   time step class logits ``sed_cla`` and attention ``sed_att`` = softmax over time of
   ``tanh(conv)``. The clip probability is ``p = sum_t att * sigmoid(cla)``; the model outputs
-  ``log(p / (1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``. ``framewise_model`` gives the
-  per-frame probabilities ``sigmoid(cla)`` at the input's frame rate.
+  ``log(p / (1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``. With
+  ``model.sed_clip_pooling: logit`` the attention pools the logits instead: the model outputs
+  ``sum_t att * cla``. ``framewise_model`` gives the per-frame probabilities ``sigmoid(cla)``
+  at the input's frame rate.
 
 Example:
     >>> model = build_classifier(ModelConfig(image_size=(64, 32)), num_classes=3,
@@ -71,7 +73,8 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
         zero_init_residual_branches(backbone)
     x = backbone(x)
     if model_cfg.head == "sed":
-        logits = sed_head(x, num_classes, model_cfg.dropout, model_cfg.sed_gru_units)
+        logits = sed_head(x, num_classes, model_cfg.dropout, model_cfg.sed_gru_units,
+                          model_cfg.sed_clip_pooling)
     else:
         x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
@@ -142,13 +145,17 @@ class LogMelAugmentation(keras.layers.Layer):
         return config
 
 
-def sed_head(feature_map, num_classes: int, dropout: float, gru_units: int = 0):
+def sed_head(feature_map, num_classes: int, dropout: float, gru_units: int = 0,
+             clip_pooling: str = "probability"):
     """PANNs' attention head on a ``[batch, time, freq, channels]`` map; returns clip logits.
 
     Layers: ``sed_dropout``, ``sed_gru`` (when ``gru_units``), ``sed_cla`` (1x1 conv:
     per-step logits), ``sed_att`` (1x1 conv + tanh), ``sed_att_softmax`` (softmax over time),
     ``sed_framewise`` (sigmoid of ``sed_cla``), ``sed_weighted`` (attention x framewise) and
     ``logits``. Only builtin TFLite ops without the GRU.
+
+    ``clip_pooling="logit"``: ``sed_weighted`` is attention x ``sed_cla`` and ``logits`` its
+    sum over time (no ``sed_framewise`` layer: ``framewise_model`` applies the sigmoid).
     """
     # Pool over frequency: the mean keeps broadband energy, the max a narrow-band call.
     x = keras.ops.mean(feature_map, axis=2) + keras.ops.max(feature_map, axis=2)
@@ -161,6 +168,10 @@ def sed_head(feature_map, num_classes: int, dropout: float, gru_units: int = 0):
                               name="sed_att")(x)
     att = keras.layers.Softmax(axis=1, dtype="float32", name="sed_att_softmax")(att)
     framewise = keras.layers.Activation("sigmoid", dtype="float32", name="sed_framewise")(cla)
+    if clip_pooling == "logit":
+        weighted = keras.layers.Multiply(dtype="float32", name="sed_weighted")([att, cla])
+        return keras.layers.Activation("linear", dtype="float32", name="logits")(
+            keras.ops.sum(weighted, axis=1))
     weighted = keras.layers.Multiply(dtype="float32", name="sed_weighted")([att, framewise])
     probability = keras.ops.sum(weighted, axis=1)
     return keras.layers.Activation("linear", dtype="float32", name="logits")(
@@ -171,6 +182,11 @@ def probability_to_logit(probability):
     """``log(p / (1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]`` (logits within ±16.1)."""
     p = keras.ops.clip(probability, SED_PROBABILITY_EPSILON, 1.0 - SED_PROBABILITY_EPSILON)
     return keras.ops.log(p) - keras.ops.log1p(-p)
+
+
+def has_sed_head(classifier: keras.Model) -> bool:
+    """Whether ``classifier`` (from ``build_classifier``) has the ``sed`` head."""
+    return "sed_cla" in {layer.name for layer in classifier.layers}
 
 
 def framewise_model(classifier: keras.Model) -> keras.Model:
@@ -190,11 +206,11 @@ def framewise_model(classifier: keras.Model) -> keras.Model:
         >>> framewise_model(classifier)(logmel).shape
         TensorShape([2, 501, 10])
     """
-    try:
-        framewise = classifier.get_layer("sed_framewise").output
-    except ValueError as error:
+    if not has_sed_head(classifier):
         raise ValueError("framewise_model needs a classifier with the sed head (model.head: "
-                         f"sed). Received: classifier={classifier.name!r}") from error
+                         f"sed). Received: classifier={classifier.name!r}")
+    framewise = keras.layers.Activation("sigmoid", dtype="float32", name="framewise_sigmoid")(
+        classifier.get_layer("sed_cla").output)
     frames = classifier.input_shape[1]
     steps, num_classes = framewise.shape[1], framewise.shape[2]
     x = keras.layers.Reshape((steps, num_classes, 1), name="framewise_image")(framewise)
