@@ -410,7 +410,8 @@ def run_analyze(args) -> int:
         top_n=args.top_n,
         merge_consecutive=args.merge_consecutive, species_list=args.species_list,
         formats=tuple(dict.fromkeys(args.formats)), batch_size=args.batch_size,
-        jobs=args.jobs, threads_per_job=args.threads_per_job, dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
+        jobs=args.jobs, threads_per_job=args.threads_per_job,
+        dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
         out_dir=args.out, overwrite=args.overwrite).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))

@@ -254,8 +254,9 @@ class ModelConfig:
         sed_clip_pooling: how the ``sed`` head pools its time steps into the clip score,
             both weighted by the attention: ``"probability"`` (PANNs: ``p = sum_t att *
             sigmoid(cla)``) or ``"logit"`` (``logit = sum_t att * cla``: with uniform
-            attention it starts as ``gap``'s average pooling, and learns as fast from
-            scratch; see BENCHMARKS.md). The framewise scores are ``sigmoid(cla)`` either way.
+            attention it starts as ``gap``'s average pooling; from scratch on the demo it
+            learned faster than ``probability``, see the README). The framewise scores are
+            ``sigmoid(cla)`` either way.
         task: ``"multilabel"`` (a sigmoid per class, binary losses, multi-hot targets) or
             ``"multiclass"`` (one softmax over the classes, categorical cross-entropy, the
             primary label as target; see ``tfbird.dataset.read_targets``). ``gap`` head only.

@@ -167,15 +167,15 @@ def sed_head(feature_map, num_classes: int, dropout: float, gru_units: int = 0,
     att = keras.layers.Conv1D(num_classes, 1, activation="tanh", dtype="float32",
                               name="sed_att")(x)
     att = keras.layers.Softmax(axis=1, dtype="float32", name="sed_att_softmax")(att)
-    framewise = keras.layers.Activation("sigmoid", dtype="float32", name="sed_framewise")(cla)
     if clip_pooling == "logit":
         weighted = keras.layers.Multiply(dtype="float32", name="sed_weighted")([att, cla])
-        return keras.layers.Activation("linear", dtype="float32", name="logits")(
-            keras.ops.sum(weighted, axis=1))
-    weighted = keras.layers.Multiply(dtype="float32", name="sed_weighted")([att, framewise])
-    probability = keras.ops.sum(weighted, axis=1)
-    return keras.layers.Activation("linear", dtype="float32", name="logits")(
-        probability_to_logit(probability))
+        clip_logit = keras.ops.sum(weighted, axis=1)
+    else:
+        framewise = keras.layers.Activation("sigmoid", dtype="float32",
+                                            name="sed_framewise")(cla)
+        weighted = keras.layers.Multiply(dtype="float32", name="sed_weighted")([att, framewise])
+        clip_logit = probability_to_logit(keras.ops.sum(weighted, axis=1))
+    return keras.layers.Activation("linear", dtype="float32", name="logits")(clip_logit)
 
 
 def probability_to_logit(probability):
