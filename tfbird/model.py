@@ -227,8 +227,7 @@ def embedding_features(classifier: keras.Model):
     ``sed_dropout``) averaged over time. ``keras.Model(classifier.input,
     embedding_features(classifier))`` is the embedding model.
     """
-    layer_names = {layer.name for layer in classifier.layers}
-    if "sed_dropout" in layer_names:
+    if has_sed_head(classifier):
         sequence = classifier.get_layer("sed_dropout").input
         return keras.layers.GlobalAveragePooling1D(name="sed_embedding")(sequence)
     return classifier.get_layer("dropout").input
