@@ -326,6 +326,27 @@ def test_worker_threads_share_the_cores_unless_given(monkeypatch):
         AnalyzeConfig(threads_per_job=-1).validate()
 
 
+def test_tflite_interpreter_uses_every_core_unless_limited(monkeypatch):
+    import tensorflow as tf
+
+    asked = []
+
+    class FakeInterpreter:  # Records the thread count; TFLite's own default is one thread.
+        def __init__(self, model_path, num_threads):
+            asked.append(num_threads)
+
+        def get_signature_runner(self, name):
+            return None
+
+    monkeypatch.setattr(tf.lite, "Interpreter", FakeInterpreter)
+    monkeypatch.setattr(analyze.os, "cpu_count", lambda: 6)
+    info = analyze.ModelInfo(analyze.Path("m.tflite"), "tflite", ("a",), 32000, 160000,
+                             (0.0, 16000.0), modified_time=0.0)
+    analyze.load_predictor.__wrapped__(info)
+    analyze.load_predictor.__wrapped__(info, 1)
+    assert asked == [6, 1]
+
+
 def test_dask_local_cluster_gives_the_same_outputs_as_one_job(saved_model_dir, tmp_path):
     for i in range(3):
         soundfile.write(tmp_path / f"r{i}.wav", tone(5.0 + i, 32000, 1000.0 + 2000 * i), 32000)

@@ -280,12 +280,15 @@ def load_predictor(info: ModelInfo, num_threads: int | None = None
 
     The outputs are those of the ``serving_default`` signature: ``probabilities [n,
     classes]``, and ``framewise [n, frames, classes]`` for a run or SavedModel with the
-    ``sed`` head (the TFLite file has probabilities only).
+    ``sed`` head (the TFLite file has probabilities only). ``num_threads`` limits a TFLite
+    interpreter's threads; by default it uses every core, as TensorFlow does (the
+    interpreter's own default is one thread).
     """
     if info.kind == "tflite":
         import tensorflow as tf
 
-        interpreter = tf.lite.Interpreter(model_path=str(info.path), num_threads=num_threads)
+        interpreter = tf.lite.Interpreter(model_path=str(info.path),
+                                          num_threads=num_threads or os.cpu_count())
         runner = interpreter.get_signature_runner("serving_default")
         return lambda waveforms: {PROBABILITIES: next(iter(runner(waveform=waveforms).values()))}
     if info.kind == "saved_model":
