@@ -127,6 +127,8 @@ def test_sed_clip_score_is_the_attention_weighted_framewise_score(tmp_path):
 
     embedding = keras.Model(loaded.input, model_lib.embedding_features(loaded))
     sequence = keras.Model(loaded.input, loaded.get_layer("sed_dropout").input)(x)
+    feature_map = keras.Model(loaded.input, loaded.get_layer("resnet50").output)(x)
+    np.testing.assert_allclose(sequence, np.mean(feature_map, axis=2), rtol=1e-5, atol=1e-6)
     assert embedding.output_shape == (None, 2048)
     np.testing.assert_allclose(embedding(x), np.mean(sequence, axis=1), rtol=1e-5, atol=1e-6)
 
