@@ -271,7 +271,7 @@ def format_analyze_section(result: dict, command: str) -> str:
             f"| model | seconds | realtime factor |\n|---|---|---|\n{models}\n\n"
             f"Workers, with the {result.get('scaling_model', 'first')} model: worker processes "
             f"of one thread each (`--threads-per-job 1`). Each worker imports TensorFlow and "
-            f"loads the model inside the timed run (a fixed start of seconds), so the speedup "
+            f"loads the model inside the timed run (a fixed start-up cost), so the speedup "
             f"grows with the audio: use several hours.\n\n"
             f"| run | seconds | speedup | efficiency |\n|---|---|---|---|\n{scaling}\n\n"
             f"{one_process_line(result)}"
