@@ -85,6 +85,22 @@ def sed_classifier(**overrides):
     return model_lib.build_classifier(cfg, num_classes=3, input_shape=(101, 40))
 
 
+def randomize_attention(classifier, seed=0):
+    """Gives ``sed_att`` a random kernel (it starts at zero: uniform attention)."""
+    kernel = classifier.get_layer("sed_att").kernel
+    kernel.assign(np.random.default_rng(seed).normal(scale=0.2, size=kernel.shape))
+
+
+def test_sed_attention_starts_uniform_so_logit_pooling_starts_as_the_mean_step_logit():
+    classifier = sed_classifier(sed_clip_pooling="logit")
+    x = np.random.default_rng(5).normal(size=(2, 101, 40)).astype("float32")
+    probe = keras.Model(classifier.input, [classifier.get_layer(name).output for name in
+                                           ("sed_cla", "sed_att_softmax", "logits")])
+    cla, attention, logits = (np.asarray(t) for t in probe(x))
+    np.testing.assert_allclose(attention, 1 / 3, atol=1e-7)  # 3 time steps
+    np.testing.assert_allclose(logits, cla.mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
 def test_sed_head_outputs_clip_logits_and_framewise_probabilities_per_input_frame():
     classifier = sed_classifier(sed_gru_units=4)
     assert classifier.output_shape == (None, 3)
@@ -109,10 +125,12 @@ def test_sed_head_outputs_clip_logits_and_framewise_probabilities_per_input_fram
 
 def test_sed_clip_score_is_the_attention_weighted_framewise_score(tmp_path):
     classifier = sed_classifier()
+    randomize_attention(classifier)
     x = np.random.default_rng(3).normal(size=(4, 101, 40)).astype("float32")
     probe = keras.Model(classifier.input, [classifier.get_layer(name).output for name in
                                            ("sed_cla", "sed_att", "logits")])
     cla, att_tanh, logits = (np.asarray(t, np.float64) for t in probe(x))  # sed_att has tanh
+    assert np.ptp(att_tanh, axis=1).max() > 0.1  # the attention is not uniform
     attention = np.exp(att_tanh)
     attention /= attention.sum(axis=1, keepdims=True)  # softmax over time
     clip = (attention / (1 + np.exp(-cla))).sum(axis=1)
@@ -141,10 +159,12 @@ def test_sed_head_averages_the_feature_map_over_frequency():
 
 def test_sed_logit_pooling_gives_the_attention_weighted_step_logits():
     classifier = sed_classifier(sed_clip_pooling="logit")
+    randomize_attention(classifier)
     x = np.random.default_rng(4).normal(size=(4, 101, 40)).astype("float32")
     probe = keras.Model(classifier.input, [classifier.get_layer(name).output for name in
                                            ("sed_cla", "sed_att", "logits")])
     cla, att_tanh, logits = (np.asarray(t, np.float64) for t in probe(x))
+    assert np.ptp(att_tanh, axis=1).max() > 0.1
     attention = np.exp(att_tanh) / np.exp(att_tanh).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(logits, (attention * cla).sum(axis=1), rtol=1e-5, atol=1e-5)
     framewise = model_lib.framewise_model(classifier)(x).numpy()

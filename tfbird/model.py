@@ -165,8 +165,10 @@ def sed_head(feature_map, num_classes: int, dropout: float, gru_units: int = 0,
         x = keras.layers.Bidirectional(keras.layers.GRU(gru_units, return_sequences=True),
                                        name="sed_gru")(x)
     cla = keras.layers.Conv1D(num_classes, 1, dtype="float32", name="sed_cla")(x)
-    att = keras.layers.Conv1D(num_classes, 1, activation="tanh", dtype="float32",
-                              name="sed_att")(x)
+    # A zero kernel starts the attention uniform over time: with logit pooling the head then
+    # starts as gap's average pooling (README, Heads).
+    att = keras.layers.Conv1D(num_classes, 1, activation="tanh", kernel_initializer="zeros",
+                              dtype="float32", name="sed_att")(x)
     att = keras.layers.Softmax(axis=1, dtype="float32", name="sed_att_softmax")(att)
     if clip_pooling == "logit":
         weighted = keras.layers.Multiply(dtype="float32", name="sed_weighted")([att, cla])
@@ -188,6 +190,11 @@ def probability_to_logit(probability):
 def has_sed_head(classifier: keras.Model) -> bool:
     """Whether ``classifier`` (from ``build_classifier``) has the ``sed`` head."""
     return "sed_cla" in {layer.name for layer in classifier.layers}
+
+
+def sed_time_steps(classifier: keras.Model) -> int:
+    """Time steps of a ``sed`` classifier's framewise scores (one per 32 image rows)."""
+    return logmel_classifier(classifier).get_layer("sed_cla").output.shape[1]
 
 
 def framewise_model(classifier: keras.Model) -> keras.Model:
