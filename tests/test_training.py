@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tfbird import cli, config, dataset, ingest, metrics, training
+from tfbird.model import build_classifier
 
 
 def test_run_folder_is_complete(trained_run, tiny_cfg):
@@ -469,3 +470,14 @@ def test_adamw_decays_kernels_but_not_biases_or_batch_norm():
     assert sorted(w.name for w in others) == ["beta", "beta", "bias", "gamma", "gamma"]
     for w in others:
         assert w.numpy() == pytest.approx(np.full(w.shape, 0.5))
+
+
+@pytest.mark.parametrize("image_rows, steps, level", [(64, 2, "WARNING"), (128, 4, "INFO")])
+def test_sed_time_steps_are_logged_and_too_few_are_warned(caplog, image_rows, steps, level):
+    model_cfg = config.ModelConfig(image_size=(image_rows, 32), head="sed")
+    classifier = build_classifier(model_cfg, num_classes=2, input_shape=(101, 40))
+    with caplog.at_level("INFO", logger="tfbird.training"):
+        training.log_sed_time_resolution(classifier, window_s=5.0)
+    (record,) = caplog.records
+    assert record.levelname == level
+    assert f"{steps} time steps of {5.0 / steps:.2f} s per 5-s window" in record.getMessage()

@@ -54,6 +54,7 @@ from tfbird.ingest import read_manifest
 from tfbird.model import (
     build_classifier,
     build_waveform_classifier,
+    sed_time_steps,
     set_backbone_trainable,
 )
 
@@ -68,6 +69,8 @@ TRAINING_LOG_FILE = "training_log.csv"
 BACKUP_DIR = "backup"
 FROZEN_BACKUP_DIR = "frozen"  # inside the backup folder: the frozen-backbone phase's backup
 BACKUP_METADATA = "training_metadata.json"  # BackupAndRestore's epoch count
+# Fewer framewise steps than this and the sed head cannot place calls (README, Heads).
+MIN_SED_TIME_STEPS = 4
 LOGS_DIR = "logs"  # TensorBoard
 INPUT_IMAGES = 4  # augmented training inputs shown in TensorBoard
 ENVIRONMENT_PACKAGES = ("tensorflow", "keras", "numpy", "librosa", "soundfile")
@@ -517,6 +520,8 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
             model = build_classifier(cfg.model, len(labels), dataset.input_shape(manifest))
             if cfg.model.frontend_in_model:  # Waveforms in: the log-mels run in the model.
                 model = build_waveform_classifier(model, cfg.audio, cfg.frontend, cfg.augment)
+    if cfg.model.head == "sed":
+        log_sed_time_resolution(model, cfg.audio.window_s)
 
     read = dict(records_dir=records_dir, manifest=manifest,
                 global_batch_size=cfg.train.global_batch_size, seed=cfg.train.seed,
@@ -652,6 +657,18 @@ def training_phases(train_cfg: config.TrainConfig) -> list[Phase]:
     if frozen < train_cfg.epochs:
         phases.append(Phase(frozen, train_cfg.epochs, backbone_trainable=True))
     return phases
+
+
+def log_sed_time_resolution(model: keras.Model, window_s: float) -> None:
+    """Logs the ``sed`` head's time steps; warns when they are too few to place calls."""
+    steps = sed_time_steps(model)
+    message = "The sed head scores %d time steps of %.2f s per %g-s window"
+    if steps >= MIN_SED_TIME_STEPS:
+        log.info(message + ".", steps, window_s / steps, window_s)
+        return
+    log.warning(message + ": too coarse to place calls in time. Use a taller "
+                "model.image_size (one step per 32 rows), e.g. [128, 64] or [320, 32].",
+                steps, window_s / steps, window_s)
 
 
 def fit_in_phases(model: keras.Model, strategy: tf.distribute.Strategy,
