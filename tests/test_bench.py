@@ -61,6 +61,11 @@ def test_analyze_section_reports_realtime_factors_and_scaling():
     section = bench.format_analyze_section({**FAKE_ANALYSIS, "one_process_seconds": 40.0},
                                            "python -m tfbird bench analyze")
     assert "cores: 40.00 s, 1.50x one single-thread worker." in section
+    scaling_jobs_2_first = [FAKE_ANALYSIS["scaling"][i] for i in (1, 0, 2)]
+    section = bench.format_analyze_section(
+        {**FAKE_ANALYSIS, "scaling": scaling_jobs_2_first, "one_process_seconds": 40.0},
+        "python -m tfbird bench analyze")
+    assert "cores: 40.00 s, 1.50x one single-thread worker." in section
 
 
 def test_scaling_plots_are_three_pngs(tmp_path):

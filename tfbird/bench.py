@@ -245,13 +245,18 @@ def bench_analyze(inputs: list[str | Path], models: list[tuple[str, Path]], repe
 def scaling_table(result: dict) -> pd.DataFrame:
     """``mode, workers, seconds, speedup, efficiency``: against ``jobs`` with 1 worker."""
     table = pd.DataFrame(result["scaling"], columns=["mode", "workers", "seconds"])
-    single = table.loc[(table["mode"] == "jobs") & (table["workers"] == 1), "seconds"]
+    single = single_worker(table)["seconds"]
     if len(single) != 1:
         raise ValueError(f"The scaling results need exactly one 'jobs' run with 1 worker. "
                          f"Received: scaling={result['scaling']}")
     table["speedup"] = float(single.iloc[0]) / table["seconds"]
     table["efficiency"] = table["speedup"] / table["workers"]
     return table
+
+
+def single_worker(table: pd.DataFrame) -> pd.DataFrame:
+    """The ``jobs`` run with 1 worker: the reference of every speedup."""
+    return table[(table["mode"] == "jobs") & (table["workers"] == 1)]
 
 
 def format_analyze_section(result: dict, command: str) -> str:
@@ -286,8 +291,7 @@ def one_process_line(result: dict) -> str:
     seconds = result.get("one_process_seconds")
     if seconds is None:
         return ""
-    table = scaling_table(result)
-    single = float(table.loc[table["mode"] == "jobs", "seconds"].iloc[0])
+    single = float(single_worker(scaling_table(result))["seconds"].iloc[0])
     return (f"The default `--jobs 1` analyses in one process with TensorFlow's threads on all "
             f"{os.cpu_count()} cores: {seconds:.2f} s, {single / seconds:.2f}x one "
             f"single-thread worker.\n\n")
@@ -299,7 +303,7 @@ def plot_scaling(result: dict, out_dir: str | Path) -> list[Path]:
     from matplotlib.figure import Figure
 
     table = scaling_table(result)
-    single = table[(table["mode"] == "jobs") & (table["workers"] == 1)]
+    single = single_worker(table)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
