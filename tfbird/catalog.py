@@ -75,8 +75,8 @@ FILE_MISSING = "file missing"
 
 
 def read_catalog(data: str | Path, layout: str = "auto", label_column: str = "Species",
-                 ignore_labels: tuple[str, ...] = IGNORED_LABELS
-                 ) -> tuple[pd.DataFrame, list[str]]:
+                 ignore_labels: tuple[str, ...] = IGNORED_LABELS,
+                 fold_column: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Reads a data set into the catalog table and its sorted label list.
 
     Args:
@@ -85,6 +85,8 @@ def read_catalog(data: str | Path, layout: str = "auto", label_column: str = "Sp
         label_column: the label column of Raven selection tables.
         ignore_labels: Raven box labels that are no class (compared without case and
             surrounding spaces): such boxes are dropped and label no window.
+        fold_column: ``data.fold_column``; a ``folders`` data set reads it from the CSV
+            beside its class folders (``attach_folds``); the CSV layouts keep it as metadata.
 
     Returns:
         ``(table, labels)``. Rows with a non-empty ``error`` are failures, not recordings:
@@ -109,6 +111,8 @@ def read_catalog(data: str | Path, layout: str = "auto", label_column: str = "Sp
         table, labels = read_cornell(data)
     elif layout == "folders":
         table, labels = read_folders(data)
+        if fold_column is not None and fold_column not in table.columns:
+            table = attach_folds(table, data, fold_column)
     elif layout == "raven":
         table, labels = read_raven(data, label_column, ignore_labels)
     else:
@@ -119,6 +123,28 @@ def read_catalog(data: str | Path, layout: str = "auto", label_column: str = "Sp
     table["error"] = mark_unknown_primary_labels(table, labels)
     table["secondary_labels"] = drop_unknown_secondary_labels(table["secondary_labels"], labels)
     return table.reset_index(drop=True), labels
+
+
+def data_set_name(data: str | Path) -> str:
+    """A short name of a data set: its folder's name, or a CSV's stem unless that is a
+    layout's standard file name (``train.csv``, ``train_metadata.csv``: then the folder's).
+
+    Example:
+        >>> data_set_name("../shared/data/esc10/esc10.csv"), data_set_name("birdclef-2024/")
+        ('esc10', 'birdclef-2024')
+    """
+    path = Path(os.path.normpath(Path(data).absolute()))
+    if path.suffix.lower() == ".csv":
+        return path.parent.name if path.name in (TRAIN_CSV, BIRDCLEF_METADATA) else path.stem
+    return path.name
+
+
+def default_records_dir(data: str | Path, valid_fold: int | str | None = None,
+                        records_root: str | Path = "records") -> Path:
+    """``records/<data set name>``, or ``records/<name>-fold<K>`` with a validation fold:
+    where ``train --data`` and ``cv`` write a data set's records when not told."""
+    name = data_set_name(data)
+    return Path(records_root) / (name if valid_fold is None else f"{name}-fold{valid_fold}")
 
 
 def detect_layout(path: str | Path) -> str:
@@ -515,17 +541,23 @@ def window_targets(start_s: np.ndarray, window_s: float, labels: list[str],
 # --- Split ----------------------------------------------------------------------------------
 
 
-def assign_split(table: pd.DataFrame, validation_fraction: float, seed: int) -> pd.DataFrame:
-    """Adds a ``split`` column (``train``/``valid``), stratified by primary label.
+def assign_split(table: pd.DataFrame, validation_fraction: float, seed: int,
+                 fold_column: str | None = None, valid_fold: int | str | None = None
+                 ) -> pd.DataFrame:
+    """Adds a ``split`` column (``train``/``valid``).
 
-    The split is by recording, so no window of a recording is in both splits. From each
-    class ``round(n * validation_fraction)`` recordings go to validation, at least one when a
-    class has two or more, and never all of them. Negative and non-event recordings
+    With ``fold_column`` (``data.fold_column``), the data set's own folds decide
+    (``split_by_fold``). Otherwise the split is random, stratified by primary label and by
+    recording, so no window of a recording is in both splits: from each class
+    ``round(n * validation_fraction)`` recordings go to validation, at least one when a class
+    has two or more, and never all of them. Negative and non-event recordings
     (``primary_label=""``) form one more group.
 
     Returns:
         A copy of ``table`` with the ``split`` column.
     """
+    if fold_column is not None:
+        return split_by_fold(table, fold_column, valid_fold)
     rng = np.random.default_rng(seed)
     split = np.array(["train"] * len(table), dtype=object)
     positions = pd.Series(np.arange(len(table)), index=table.index)
@@ -537,3 +569,76 @@ def assign_split(table: pd.DataFrame, validation_fraction: float, seed: int) -> 
         chosen = rng.choice(positions[rows.index].to_numpy(), size=num_valid, replace=False)
         split[chosen] = "valid"
     return table.assign(split=split)
+
+
+def folds_of(table: pd.DataFrame, fold_column: str) -> list[str]:
+    """The folds named in ``fold_column`` (as strings, numbers in numeric order).
+
+    Raises:
+        ValueError: the column is missing, or some rows have no fold (the first are named).
+    """
+    if fold_column not in table.columns:
+        extra = [c for c in table.columns if c not in CATALOG_COLUMNS]
+        raise ValueError(
+            f"The data set has no fold column {fold_column!r}; its metadata columns are "
+            f"{extra}. A folder of class folders takes its folds from a CSV beside them "
+            f"(filename,{fold_column}). Received: fold_column={fold_column!r}")
+    values = table[fold_column].astype(str).str.strip()
+    missing = table.loc[values == "", "filename"].tolist()
+    if missing:
+        raise ValueError(f"{len(missing)} recording(s) have no value in the fold column "
+                         f"{fold_column!r}, e.g. {missing[:5]}. Received: "
+                         f"fold_column={fold_column!r}")
+    folds = sorted(set(values))
+    return sorted(folds, key=lambda f: (0, float(f), f) if is_number(f) else (1, 0.0, f))
+
+
+def split_by_fold(table: pd.DataFrame, fold_column: str,
+                  valid_fold: int | str | None) -> pd.DataFrame:
+    """``valid`` for the recordings whose ``fold_column`` is ``valid_fold``, ``train`` for
+    the others (predefined folds, e.g. ESC-50's or a site-wise split).
+
+    Raises:
+        ValueError: no ``valid_fold``, or one that is not a fold of the data set (the folds
+            are listed).
+    """
+    folds = folds_of(table, fold_column)
+    if valid_fold is None or str(valid_fold).strip() not in folds:
+        raise ValueError(
+            f"Choose the validation fold among the folds of column {fold_column!r}: {folds} "
+            f"(--valid-fold K, data.valid_fold). Received: valid_fold={valid_fold!r}")
+    if len(folds) < 2:
+        raise ValueError(f"The fold column {fold_column!r} names one fold only ({folds}): "
+                         f"nothing would be left to train on. Received: valid_fold={valid_fold!r}")
+    is_valid = table[fold_column].astype(str).str.strip() == str(valid_fold).strip()
+    return table.assign(split=np.where(is_valid, "valid", "train").astype(object))
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def attach_folds(table: pd.DataFrame, root: Path, fold_column: str) -> pd.DataFrame:
+    """Adds ``fold_column`` to a ``folders`` table from the CSV beside the class folders
+    (the one CSV in ``root`` with ``filename`` and ``fold_column``; filenames relative to
+    ``root``, as ``<class>/<file>``, or bare file names when they are unique).
+
+    Raises:
+        ValueError: no such CSV, or several.
+    """
+    candidates = [path for path in sorted(root.glob("*.csv"))
+                  if {"filename", fold_column} <= set(pd.read_csv(path, nrows=0).columns)]
+    if len(candidates) != 1:
+        raise ValueError(
+            f"A folder of class folders takes its folds from one CSV beside them with the "
+            f"columns filename and {fold_column!r}; found {len(candidates)} in {root}: "
+            f"{[p.name for p in candidates]}. Received: fold_column={fold_column!r}")
+    folds = pd.read_csv(candidates[0], keep_default_na=False, dtype=str)
+    by_path = dict(zip(folds["filename"].str.strip(), folds[fold_column]))
+    by_name = dict(zip(folds["filename"].map(lambda f: Path(f).name), folds[fold_column]))
+    return table.assign(**{fold_column: [
+        by_path.get(name, by_name.get(Path(name).name, "")) for name in table["filename"]]})

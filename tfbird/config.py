@@ -138,6 +138,11 @@ class DataConfig:
             by ``train`` when it is not on disk yet (the demo).
         records: folder of TFRecord shards and ``manifest.json`` written by ingest.
         validation_fraction: share of recordings (not windows) held out for validation.
+        fold_column: a column of the data set's CSV naming each recording's fold (ESC-50's
+            ``fold``, a site or year): the split is then ``valid_fold`` against the rest,
+            instead of the random one (``catalog.split_by_fold``). A folder of class folders
+            reads it from the CSV beside them. ``None``: random split.
+        valid_fold: the fold held out for validation when ``fold_column`` is set.
         files_per_shard: recordings per TFRecord shard (a shard holds all their windows).
         shuffle_buffer_size: examples in the training shuffle buffer.
         max_failures: ingest exits non-zero when more files than this fail; a value
@@ -149,6 +154,8 @@ class DataConfig:
     synthetic: bool = False
     records: str = "records/demo"
     validation_fraction: float = 0.2
+    fold_column: str | None = None
+    valid_fold: int | str | None = None
     files_per_shard: int = 64
     shuffle_buffer_size: int = 2048
     max_failures: float = 0.1
@@ -167,6 +174,10 @@ class DataConfig:
     def validate(self) -> None:
         _require(0.0 < self.validation_fraction < 1.0, "data.validation_fraction",
                  self.validation_fraction)
+        _require(self.fold_column is None or self.fold_column.strip() != "",
+                 "data.fold_column", self.fold_column)
+        _require(self.valid_fold is None or self.fold_column is not None, "data.valid_fold",
+                 self.valid_fold)
         _require(self.files_per_shard >= 1, "data.files_per_shard", self.files_per_shard)
         _require(self.shuffle_buffer_size >= 1, "data.shuffle_buffer_size",
                  self.shuffle_buffer_size)
@@ -355,6 +366,7 @@ class AugmentConfig:
 LOSSES = ("bce", "focal")
 CLASS_WEIGHTINGS = ("none", "balanced")
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+MODEL_SELECTIONS = ("best", "last")
 PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
 
 
@@ -384,6 +396,9 @@ class TrainConfig:
         clipnorm: AdamW clips each gradient tensor to this L2 norm; ``None`` disables.
         early_stopping_patience: stop after this many epochs without a better validation
             ROC-AUC; 0 disables.
+        model_selection: which epoch becomes the run's ``model.keras``: ``"best"`` (the best
+            validation ROC-AUC) or ``"last"`` (the final weights; ``tfbird cv`` uses it, since
+            its validation fold is the test fold, which must not pick the epoch).
         profile_batch: ``[first, last]`` training batches (counted from 1) traced by the
             TensorBoard profiler into ``logs/``; ``None`` disables.
         deterministic: ``tf.config.experimental.enable_op_determinism()``: bit-identical
@@ -422,6 +437,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     clipnorm: float | None = None
     early_stopping_patience: int = 0
+    model_selection: str = "best"
     profile_batch: tuple[int, int] | None = None
     deterministic: bool = False
     data_service: str | None = None
@@ -447,6 +463,8 @@ class TrainConfig:
         _require(self.clipnorm is None or self.clipnorm > 0, "train.clipnorm", self.clipnorm)
         _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",
                  self.early_stopping_patience)
+        _require(self.model_selection in MODEL_SELECTIONS, "train.model_selection",
+                 self.model_selection)
         _require(self.profile_batch is None
                  or 1 <= self.profile_batch[0] <= self.profile_batch[1],
                  "train.profile_batch", self.profile_batch)

@@ -128,10 +128,11 @@ def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: 
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = cfg.data.layout if cfg.data.layout != "auto" else catalog.detect_layout(data)
     table, labels = catalog.read_catalog(data, layout, cfg.data.label_column,
-                                         cfg.data.ignore_labels)
+                                         cfg.data.ignore_labels, cfg.data.fold_column)
     refused = table[table["error"] != ""]
     recordings = catalog.assign_split(table[table["error"] == ""].reset_index(drop=True),
-                                      cfg.data.validation_fraction, cfg.data.seed)
+                                      cfg.data.validation_fraction, cfg.data.seed,
+                                      cfg.data.fold_column, cfg.data.valid_fold)
     plan = plan_shards(recordings, cfg.data.files_per_shard)
     fingerprint = plan_fingerprint(cfg, layout, labels, recordings)
     remove_stale_outputs(out_dir, fingerprint, {shard.name for shard in plan})
@@ -496,8 +497,7 @@ def build_manifest(cfg: config.Config, data, labels: list[str], splits: dict,
         "feature": feature,
         "logmel_shape": logmel_shape,
         "labels": labels,
-        "split": {"validation_fraction": cfg.data.validation_fraction, "seed": cfg.data.seed,
-                  "by": "recording, stratified by primary label"},
+        "split": split_description(cfg.data),
         "selection": {"layout": cfg.data.layout, "label_column": cfg.data.label_column,
                       "ignore_labels": list(cfg.data.ignore_labels),
                       "min_overlap_s": cfg.data.min_overlap_s,
@@ -506,6 +506,15 @@ def build_manifest(cfg: config.Config, data, labels: list[str], splits: dict,
         "splits": splits,
         "failures": {"count": num_failures, "file": FAILURES},
     }
+
+
+def split_description(data_cfg: config.DataConfig) -> dict:
+    """The manifest's ``split``: how recordings were assigned to train and valid."""
+    if data_cfg.fold_column is not None:
+        return {"fold_column": data_cfg.fold_column, "valid_fold": str(data_cfg.valid_fold),
+                "by": "the data set's folds"}
+    return {"validation_fraction": data_cfg.validation_fraction, "seed": data_cfg.seed,
+            "by": "recording, stratified by primary label"}
 
 
 def check_failures(num_failed: int, num_files: int, max_failures: float, report: Path,
