@@ -5,7 +5,7 @@ A run folder ``runs/<timestamp>/`` receives:
 - ``config.yaml`` (the resolved config), ``labels.txt`` and ``environment.json`` (git commit
   and package versions);
 - ``checkpoints/last.keras`` (every epoch) and ``model.keras`` (the epoch with the best
-  validation ROC-AUC);
+  validation ROC-AUC, or with ``train.model_selection: last`` the final weights);
 - ``logs/`` for TensorBoard (with the learning rate, a few augmented training inputs as
   images, each class's validation ROC-AUC of ``model.keras`` at the end, and profiler traces
   when ``train.profile_batch`` is set) and ``training_log.csv`` (one row per epoch);
@@ -554,7 +554,9 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     if not chief:
         shutil.rmtree(output_dir, ignore_errors=True)
         return run_dir and Path(run_dir), {}
-    if not (run_dir / MODEL_FILE).is_file():  # val_roc_auc never defined (no positives).
+    if cfg.train.model_selection == "last":
+        model.save(run_dir / MODEL_FILE)
+    elif not (run_dir / MODEL_FILE).is_file():  # val_roc_auc never defined (no positives).
         log.warning("No epoch had a validation ROC-AUC; keeping the last epoch's model.")
         model.save(run_dir / MODEL_FILE)
     best = keras.models.load_model(run_dir / MODEL_FILE)
@@ -615,11 +617,12 @@ def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.Tra
         delete_backup: delete the backup when ``fit`` ends (all but the last phase keep it).
     """
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras"),
-        keras.callbacks.ModelCheckpoint(run_dir / MODEL_FILE, monitor="val_roc_auc",
-                                        mode="max", save_best_only=True,
-                                        initial_value_threshold=best_score),
+    callbacks = [keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras")]
+    if train_cfg.model_selection == "best":  # "last": train() saves the final weights.
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            run_dir / MODEL_FILE, monitor="val_roc_auc", mode="max", save_best_only=True,
+            initial_value_threshold=best_score))
+    callbacks += [
         keras.callbacks.CSVLogger(run_dir / TRAINING_LOG_FILE, append=resumed),
         keras.callbacks.TensorBoard(log_dir=run_dir / LOGS_DIR,
                                     profile_batch=tuple(train_cfg.profile_batch or ()) or 0),
@@ -726,8 +729,9 @@ def fit_in_phases(model: keras.Model, strategy: tf.distribute.Strategy,
         model.fit(initial_epoch=phase.first_epoch, epochs=phase.end_epoch, callbacks=callbacks,
                   **fit_kwargs)
         resumed = True  # The next phase appends to the log and keeps the best score.
-        best = next(c.best for c in callbacks
-                    if isinstance(c, keras.callbacks.ModelCheckpoint) and c.save_best_only)
+        best = next((c.best for c in callbacks
+                     if isinstance(c, keras.callbacks.ModelCheckpoint) and c.save_best_only),
+                    np.nan)
         best_score = float(best) if np.isfinite(best) else None
 
 
