@@ -148,6 +148,22 @@ def write_section(path: Path, title: str, section: str) -> None:
     path.write_text(text)
 
 
+# --- Cross-validation: accuracy on real labelled clips beside the baseline -----------------
+
+CV_TITLE = "Cross-validation: accuracy on real labelled clips"
+
+
+def format_cv_section(summary: dict, command: str) -> str:
+    """The ``cv`` table (``cv.md`` without the confusion matrices) under the command."""
+    from tfbird import cv
+
+    table = (Path(summary["cv_dir"]) / cv.CV_MARKDOWN).read_text().split("\n\nConfusion")[0]
+    return (f"## {CV_TITLE}\n\nCommand: `{command}` (one model per held-out fold, scored "
+            f"through the exported SavedModel as `analyze` scores recordings; minutes are "
+            f"the wall time of ingest, training, export and scoring of each fold on this "
+            f"2-core CPU).\n\n{table.rstrip()}\n")
+
+
 # --- Analysis: realtime factor per model form, and scaling over workers --------------------
 
 ANALYZE_TITLE = "Analysis: realtime factor and workers"

@@ -1,6 +1,6 @@
 """``tfbird`` command line: parse arguments, load the config, call one library function.
 
-Commands: ``synth``, ``ingest``, ``eda``, ``features``, ``train``, ``evaluate``, ``export``,
+Commands: ``synth``, ``ingest``, ``eda``, ``features``, ``train``, ``cv``, ``evaluate``, ``export``,
 ``analyze``, ``data-service``, ``bench``. Library errors (``ValueError``) are printed as one line and exit with
 status 2; nothing here holds logic that the library does not.
 
@@ -10,6 +10,7 @@ Examples:
     python -m tfbird eda --data data/demo --out eda/demo
     python -m tfbird features recording.flac --out recording.npy
     python train.py --strategy mirrored
+    python -m tfbird cv --data esc10/esc10.csv --fold-column fold --config configs/small.yaml
     python -m tfbird evaluate --run-dir runs/20250101-120000 --split valid
     python export.py --tflite
     python -m tfbird analyze recordings/ --model exports/tfbird/1 --format csv raven
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--data", required=True, help="data set folder or CSV of recordings")
     ingest.add_argument("--out", required=True, help="records folder, e.g. records/NAME")
     add_layout_arguments(ingest)
+    add_fold_arguments(ingest)
     ingest.add_argument("--min-overlap-s", type=float,
                         help="= data.min_overlap_s: Raven box overlap that labels a window")
     ingest.add_argument("--max-failures", type=float,
@@ -91,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train)
     train.add_argument("--data", help="data set (default: data.path of the config; the demo "
                                       "config synthesises it when missing)")
-    train.add_argument("--records", help="records folder (default: data.records)")
+    train.add_argument("--records", help="records folder (default: data.records; with --data, "
+                                         "records/<data set name>[-fold<K>])")
+    add_fold_arguments(train)
     train.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
     train.add_argument("--epochs", type=int, help="= --set train.epochs=N")
     train.add_argument("--weights", help="none | imagenet | PATH of ResNet50 notop weights")
@@ -108,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="= train.data_service: run the training input on this tf.data "
                             "service (see data-service)")
     train.set_defaults(command=run_train)
+
+    cv = commands.add_parser(
+        "cv", help="cross-validation on the data set's folds, beside a logistic-regression "
+                   "baseline -> cv.json, cv.md")
+    add_config_arguments(cv)
+    cv.add_argument("--data", required=True, help="data set (CSV or folder) with a fold column")
+    cv.add_argument("--fold-column", required=True, help="the column naming each recording's "
+                                                         "fold, e.g. fold")
+    cv.add_argument("--folds", nargs="+", help="folds to hold out (default: all)")
+    cv.add_argument("--out", help="cv folder (default: runs/cv-<timestamp>, or the unfinished "
+                                  "one of the same command)")
+    add_layout_arguments(cv)
+    cv.add_argument("--strategy", choices=["default", "mirrored"], help="= train.strategy")
+    cv.set_defaults(command=run_cv)
 
     evaluate = commands.add_parser(
         "evaluate", help="score a run on a split: metrics, per-class table, thresholds, plots")
@@ -192,16 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks against librosa -> BENCHMARKS.md")
     add_config_arguments(bench)
-    bench.add_argument("what", choices=["frontend", "ingest", "analyze", "training"],
+    bench.add_argument("what", choices=["frontend", "ingest", "analyze", "training", "cv"],
                        help="frontend: whole recordings to log-mels; ingest: a data set to "
                             "records; analyze: realtime factor per model form and workers; "
-                            "training: reader, train-step examples/s and input wait")
+                            "training: reader, train-step examples/s and input wait; cv: "
+                            "the cv command's accuracy table beside its baseline")
     bench.add_argument("--audio", help="frontend: folder of recordings")
     bench.add_argument("--data", nargs="+", help="ingest: data set (BirdCLEF folder or CSV); "
                                                  "analyze: recordings (files or folders)")
     bench.add_argument("--model", nargs="+", help="analyze: run folders, export version "
                                                   "folders (SavedModel + its .tflite files)")
     bench.add_argument("--records", help="training: records folder (default: data.records)")
+    bench.add_argument("--fold-column", default="fold", help="cv: the fold column (default fold)")
+    bench.add_argument("--folds", nargs="+", help="cv: folds to hold out (default: all)")
     bench.add_argument("--plots", action="store_true",
                        help="analyze: draw the workers plots from the saved results instead")
     bench.add_argument("--results", default="benchmarks/analyze.json",
@@ -214,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help=f"YAML config (default: {DEFAULT_CONFIG})")
+                        help=f"YAML config or preset name: demo, small (real clips, few per "
+                             f"class), birdclef (default: {DEFAULT_CONFIG})")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=3")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -229,9 +251,19 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
                                                "selection tables (default Species)")
 
 
+def add_fold_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fold-column", help="= data.fold_column: the data set's fold column "
+                                              "(e.g. fold); replaces the random split")
+    parser.add_argument("--valid-fold", help="= data.valid_fold: the fold held out for "
+                                             "validation")
+
+
 def layout_overrides(args) -> list[str]:
     """``--set`` strings for the data-set flags the user gave."""
-    values = (("data.layout", args.layout), ("data.label_column", args.label_column),
+    values = (("data.layout", getattr(args, "layout", None)),
+              ("data.label_column", getattr(args, "label_column", None)),
+              ("data.fold_column", getattr(args, "fold_column", None)),
+              ("data.valid_fold", getattr(args, "valid_fold", None)),
               ("data.min_overlap_s", getattr(args, "min_overlap_s", None)),
               ("data.max_failures", getattr(args, "max_failures", None)),
               ("data.store", getattr(args, "store", None)))
@@ -241,8 +273,25 @@ def layout_overrides(args) -> list[str]:
 def load_config(args, extra_overrides: list[str] = ()):
     from tfbird import config
 
-    path = args.config if Path(args.config).is_file() or args.config != DEFAULT_CONFIG else None
+    path = resolve_config_path(args.config)
+    if path is None and args.config == DEFAULT_CONFIG:
+        path = None  # Outside the repository: the built-in defaults.
+    elif path is None:
+        path = args.config  # config.load names the missing file.
     return config.load(path, [*extra_overrides, *args.overrides])
+
+
+def resolve_config_path(name: str) -> Path | None:
+    """``--config``: a YAML path, or a preset's name (``small`` -> ``configs/small.yaml``,
+    looked up in the working folder, then beside the package); ``None`` if neither exists."""
+    if Path(name).is_file():
+        return Path(name)
+    if Path(name).suffix or "/" in name:
+        return None
+    for configs in (Path("configs"), Path(__file__).resolve().parents[1] / "configs"):
+        if (configs / f"{name}.yaml").is_file():
+            return configs / f"{name}.yaml"
+    return None
 
 
 def run_synth(args) -> int:
@@ -315,8 +364,14 @@ def run_features(args) -> int:
 
 
 def run_train(args) -> int:
-    overrides = [f"{key}={value}" for key, value in (
-        ("data.path", args.data), ("data.records", args.records),
+    from tfbird.catalog import default_records_dir
+
+    records = args.records
+    if args.data is not None and records is None:  # Never the config's (the demo's) records.
+        records = str(default_records_dir(args.data, args.valid_fold))
+        log.info("Records of %s: %s (--records chooses another folder)", args.data, records)
+    overrides = [*layout_overrides(args)] + [f"{key}={value}" for key, value in (
+        ("data.path", args.data), ("data.records", records),
         ("train.epochs", args.epochs), ("model.weights", args.weights),
         ("train.strategy", args.strategy),
         ("train.profile_batch", args.profile_batch and f"[{args.profile_batch}]"),
@@ -333,6 +388,20 @@ def run_train(args) -> int:
         return 0
     print(f"Run folder: {run_dir}")
     print("Validation: " + json.dumps(scores))
+    return 0
+
+
+def run_cv(args) -> int:
+    from tfbird import cv
+
+    overrides = layout_overrides(args) + ([f"train.strategy={args.strategy}"]
+                                          if args.strategy else [])
+    cfg = load_config(args, overrides)
+    summary = cv.run_cv(cfg, args.data, args.fold_column, folds=args.folds, out_dir=args.out,
+                        progress=not args.quiet)
+    cv_dir = Path(summary["cv_dir"])
+    print((cv_dir / cv.CV_MARKDOWN).read_text().split("\n\nConfusion")[0])
+    print(f"Cross-validation in {cv_dir} ({cv.CV_JSON}, {cv.CV_MARKDOWN})")
     return 0
 
 
@@ -443,6 +512,17 @@ def run_bench(args) -> int:
     if args.what == "analyze":
         return run_bench_analyze(args)
     cfg = load_config(args)
+    if args.what == "cv":
+        from tfbird import cv
+
+        if not args.data:
+            raise ValueError("bench cv needs --data CSV_OR_DIR. Received: data=None")
+        summary = cv.run_cv(cfg, args.data[0], args.fold_column, folds=args.folds,
+                            progress=not args.quiet)
+        section = bench.format_cv_section(summary, "python -m tfbird " + " ".join(sys.argv[1:]))
+        bench.write_section(Path(args.out), bench.CV_TITLE, section)
+        print(section)
+        return 0
     if args.what == "training":
         records_dir = Path(args.records or cfg.data.records)
         result = bench.bench_training(records_dir, cfg, args.repeats)
