@@ -119,7 +119,7 @@ def test_cv_scores_each_fold_beside_the_baseline_and_resumes(tmp_path, monkeypat
         assert 0.0 <= fold["model"]["top1_accuracy"] <= 1.0
         # Tones of 400 Hz and 2 kHz: the log-mel statistics separate them (the zero-padded
         # 0.4-s clip may be the one miss).
-        assert fold["baseline"]["top1_accuracy"] >= 5 / 6
+        assert fold["baseline"]["top1_accuracy"] >= 0.83  # 5 of 6, rounded to 4 places
         assert fold["baseline"]["macro_roc_auc"] >= 0.8
         assert fold["minutes"] > 0
         export = cv_dir / f"fold-{fold['fold']}" / "export" / "model" / "1"
@@ -151,3 +151,27 @@ def test_baseline_fits_mean_and_std_of_the_records_logmels(tmp_path):
     assert sorted(names) == ["high/1-0.wav", "high/1-1.wav", "low/1-0.wav", "low/1-1.wav"]
     assert features.shape == (4, 2 * SMALL["frontend"]["n_mels"])
     assert targets.sum(1).tolist() == [1.0] * 4
+
+
+def test_model_selection_last_keeps_no_best_checkpoint(tmp_path):
+    import keras
+
+    from tfbird import training
+
+    def checkpoints(selection):
+        callbacks = training.training_callbacks(
+            tmp_path, config.TrainConfig(model_selection=selection))
+        return sorted(Path(c.filepath).name for c in callbacks
+                      if isinstance(c, keras.callbacks.ModelCheckpoint))
+
+    assert checkpoints("best") == ["last.keras", "model.keras"]
+    assert checkpoints("last") == ["last.keras"]  # train() saves model.keras at the end
+    with pytest.raises(ValueError, match="train.model_selection"):
+        config.load(None, ["train.model_selection=median"])
+
+
+def test_config_presets_are_found_by_name():
+    assert cli.resolve_config_path("small").name == "small.yaml"
+    cfg = config.load(cli.resolve_config_path("small"))
+    assert (cfg.model.task, cfg.train.model_selection) == ("multiclass", "last")
+    assert cli.resolve_config_path("no-such-preset") is None
