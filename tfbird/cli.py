@@ -274,10 +274,9 @@ def load_config(args, extra_overrides: list[str] = ()):
     from tfbird import config
 
     path = resolve_config_path(args.config)
-    if path is None and args.config == DEFAULT_CONFIG:
-        path = None  # Outside the repository: the built-in defaults.
-    elif path is None:
+    if path is None and args.config != DEFAULT_CONFIG:
         path = args.config  # config.load names the missing file.
+    # The default config missing (outside the repository): the built-in defaults.
     return config.load(path, [*extra_overrides, *args.overrides])
 
 

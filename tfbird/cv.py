@@ -10,8 +10,8 @@ recording's mean and standard deviation over time of the very log-mels the model
 read from the fold's records.
 
 Scores per fold and their mean and standard deviation: top-1 accuracy (the highest-scoring
-class is the primary label) with a confusion matrix, macro ROC-AUC and padded cmAP, and the
-wall time of the fold. Written to ``cv.json`` and ``cv.md`` after each fold.
+class is one of the recording's labels) with a confusion matrix, macro ROC-AUC and padded
+cmAP, and the wall time of the fold. Written to ``cv.json`` and ``cv.md`` after each fold.
 
 Each training uses ``train.model_selection: last``: the held-out fold is the test fold, and
 picking the epoch on it would flatter the figure.
@@ -171,8 +171,8 @@ def run_fold(cfg: config.Config, data: str | Path, fold_column: str, fold: str,
 
 
 def targets_of(rows: pd.DataFrame, labels: list[str]) -> np.ndarray:
-    """Multi-hot ``[recordings, classes]``: the primary label first, then the secondary
-    ones (``top1_accuracy`` looks at the primary: see ``primary_index``)."""
+    """Multi-hot ``[recordings, classes]`` of each recording's primary and secondary
+    labels."""
     index = {label: k for k, label in enumerate(labels)}
     y = np.zeros([len(rows), len(labels)], np.float32)
     for row, (primary, secondary) in enumerate(zip(rows["primary_label"],
@@ -257,8 +257,8 @@ def baseline_scores(records_dir: str | Path, filenames: list[str],
 
 
 def primary_index(y_true: np.ndarray) -> np.ndarray:
-    """The first positive class of each row (``targets_of`` puts the primary label first
-    only in its list, so the class order decides among several: single-label data has one)."""
+    """The true class of each row for the confusion matrix: its positive class (with
+    several, as multi-label data has, the first in label order)."""
     return np.argmax(y_true, axis=1)
 
 
