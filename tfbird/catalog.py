@@ -589,8 +589,7 @@ def folds_of(table: pd.DataFrame, fold_column: str) -> list[str]:
         raise ValueError(f"{len(missing)} recording(s) have no value in the fold column "
                          f"{fold_column!r}, e.g. {missing[:5]}. Received: "
                          f"fold_column={fold_column!r}")
-    folds = sorted(set(values))
-    return sorted(folds, key=lambda f: (0, float(f), f) if is_number(f) else (1, 0.0, f))
+    return sorted(set(values), key=lambda f: (0, float(f), f) if is_number(f) else (1, 0.0, f))
 
 
 def split_by_fold(table: pd.DataFrame, fold_column: str,

@@ -108,8 +108,8 @@ def run_cv(cfg: config.Config, data: str | Path, fold_column: str,
             score_path.write_text(json.dumps(result, indent=1))
             log.info("Fold %s (%d of %d): %s", fold, index, len(folds), fold_line(result))
         results.append(result)
-        write_summary(cv_dir, summarize(results, cfg.model.task), data, fold_column)
-    summary = summarize(results, cfg.model.task)
+        summary = summarize(results, cfg.model.task)
+        write_summary(cv_dir, summary, data, fold_column)
     return {"cv_dir": str(cv_dir), **summary}
 
 
@@ -153,7 +153,8 @@ def run_fold(cfg: config.Config, data: str | Path, fold_column: str, fold: str,
                                  version=1)
     keras.backend.clear_session()  # The next fold builds its model afresh.
     labels = list(result.labels)
-    held_out = table[table[fold_column].astype(str).str.strip() == fold]
+    split = catalog.split_by_fold(table, fold_column, fold)
+    held_out = split[split["split"] == "valid"]
     y_true = targets_of(held_out, labels)
     y_model = score_recordings(held_out["path"].tolist(), result.saved_model_dir)
     y_baseline = baseline_scores(fold_cfg.data.records, held_out["filename"].tolist(), labels)
