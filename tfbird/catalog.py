@@ -140,10 +140,12 @@ def data_set_name(data: str | Path) -> str:
 
 
 def default_records_dir(data: str | Path, valid_fold: int | str | None = None,
-                        records_root: str | Path = "records") -> Path:
+                        records_root: str | Path = "records",
+                        backbone: str = "resnet50") -> Path:
     """``records/<data set name>``, or ``records/<name>-fold<K>`` with a validation fold:
-    where ``train --data`` and ``cv`` write a data set's records when not told."""
-    name = data_set_name(data)
+    where ``train --data`` and ``cv`` write a data set's records when not told. Records of
+    a pretrained ``backbone``'s embeddings get its name: ``records/<name>-birdnet-fold<K>``."""
+    name = data_set_name(data) + ("" if backbone == "resnet50" else f"-{backbone}")
     return Path(records_root) / (name if valid_fold is None else f"{name}-fold{valid_fold}")
 
 

@@ -367,7 +367,8 @@ def run_train(args) -> int:
 
     records = args.records
     if args.data is not None and records is None:  # Never the config's (the demo's) records.
-        records = str(default_records_dir(args.data, args.valid_fold))
+        backbone = load_config(args, layout_overrides(args)).model.backbone
+        records = str(default_records_dir(args.data, args.valid_fold, backbone=backbone))
         log.info("Records of %s: %s (--records chooses another folder)", args.data, records)
     overrides = [*layout_overrides(args)] + [f"{key}={value}" for key, value in (
         ("data.path", args.data), ("data.records", records),

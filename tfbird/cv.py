@@ -7,7 +7,8 @@ windows, the model's own front end). A recording's score is the mean of its wind
 probabilities. Beside it, in the same run and on the same folds, a **baseline**: a
 logistic regression (scikit-learn ``StandardScaler`` + ``LogisticRegression(C=0.1)``) on each
 recording's mean and standard deviation over time of the very log-mels the model trained on,
-read from the fold's records.
+read from the fold's records (for a head on a pretrained backbone, on the recording's mean
+embedding: the linear probe).
 
 Scores per fold and their mean and standard deviation: top-1 accuracy (the highest-scoring
 class is one of the recording's labels) with a confusion matrix, macro ROC-AUC and padded
@@ -144,7 +145,7 @@ def run_fold(cfg: config.Config, data: str | Path, fold_column: str, fold: str,
     started = time.perf_counter()
     fold_cfg = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, path=str(data), fold_column=fold_column, valid_fold=fold,
-        records=str(catalog.default_records_dir(data, fold))))
+        records=str(catalog.default_records_dir(data, fold, backbone=cfg.model.backbone))))
     run_dir, _ = pipeline.prepare_and_train(fold_cfg, data_given=True, run_dir=fold_dir,
                                             progress=progress)
     export_dir = fold_dir / EXPORT_DIR
@@ -156,7 +157,8 @@ def run_fold(cfg: config.Config, data: str | Path, fold_column: str, fold: str,
     split = catalog.split_by_fold(table, fold_column, fold)
     held_out = split[split["split"] == "valid"]
     y_true = targets_of(held_out, labels)
-    y_model = score_recordings(held_out["path"].tolist(), result.saved_model_dir)
+    y_model = score_recordings(held_out["path"].tolist(), result.saved_model_dir,
+                               max(0.0, fold_cfg.audio.window_s - fold_cfg.audio.hop_s))
     y_baseline = baseline_scores(fold_cfg.data.records, held_out["filename"].tolist(), labels)
     return {
         "fold": fold,
@@ -164,6 +166,7 @@ def run_fold(cfg: config.Config, data: str | Path, fold_column: str, fold: str,
         "labels": labels,
         "model": clip_scores(y_true, y_model),
         "baseline": clip_scores(y_true, y_baseline),
+        "baseline_features": baseline_features(fold_cfg),
         "confusion_matrix": confusion(y_true, y_model, labels),
         "baseline_confusion_matrix": confusion(y_true, y_baseline, labels),
         "minutes": round((time.perf_counter() - started) / 60, 2),
@@ -184,15 +187,17 @@ def targets_of(rows: pd.DataFrame, labels: list[str]) -> np.ndarray:
     return y
 
 
-def score_recordings(paths: list[str], saved_model_dir: Path) -> np.ndarray:
+def score_recordings(paths: list[str], saved_model_dir: Path, overlap_s: float = 0.0
+                     ) -> np.ndarray:
     """Each recording's mean window probabilities ``[recordings, classes]`` from an exported
-    SavedModel, through ``analyze``'s reading and windowing."""
+    SavedModel, through ``analyze``'s reading and windowing (windows overlapping by
+    ``overlap_s``, as the training windows did)."""
     from tfbird import analyze
     from tfbird.config import AnalyzeConfig
 
     info = analyze.read_model_info(saved_model_dir)
     predict = analyze.load_predictor(info)
-    analyze_cfg = AnalyzeConfig()
+    analyze_cfg = AnalyzeConfig(overlap_s=overlap_s)
     return np.stack([analyze.score_recording(path, predict, info, analyze_cfg).scores.mean(0)
                      for path in paths])
 
@@ -201,7 +206,9 @@ def clip_features(records_dir: str | Path, split: str) -> tuple[list[str], np.nd
                                                                  np.ndarray]:
     """``(filenames, features [recordings, 2 * mels], targets [recordings, classes])``: per
     recording of a split, the mean and standard deviation over time of its log-mels (all
-    its windows' frames), as stored in the records (PCM records through their front end)."""
+    its windows' frames), as stored in the records (PCM records through their front end).
+    For embedding records: the mean of its windows' embeddings (``[recordings, dim]``), the
+    linear probe of BirdNET-Analyzer and Perch."""
     import tensorflow as tf
 
     from tfbird import dataset, records
@@ -217,13 +224,19 @@ def clip_features(records_dir: str | Path, split: str) -> tuple[list[str], np.nd
         example = records.parse_example(serialized, num_classes,
                                         tuple(manifest["feature"]["shape"]), store)
         feature = example[store]
-        logmel = (to_logmel(feature[None])[0] if to_logmel is not None else feature).numpy()
+        if store == records.EMBEDDING:
+            feature = feature[None]  # One "frame" per window.
+        elif to_logmel is not None:
+            feature = to_logmel(feature[None])[0]
         name = example[records.FILENAME].numpy().decode("utf-8")
-        frames.setdefault(name, []).append(logmel)
+        frames.setdefault(name, []).append(feature.numpy())
         targets[name] = np.maximum(targets.get(name, 0.0), example[records.LABELS].numpy())
     names = list(frames)
     stacked = [np.concatenate(frames[name]) for name in names]
-    features = np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in stacked])
+    if store == records.EMBEDDING:
+        features = np.stack([f.mean(0) for f in stacked])
+    else:
+        features = np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in stacked])
     return names, features, np.stack([targets[name] for name in names])
 
 
@@ -255,6 +268,13 @@ def baseline_scores(records_dir: str | Path, filenames: list[str],
                          f"{records_dir} (failed at ingest? see its failures.csv). "
                          f"Received: missing={missing[:5]}")
     return probabilities[[row_of[name] for name in filenames]]
+
+
+def baseline_features(cfg: config.Config) -> str:
+    """What the baseline's logistic regression reads, in words (``clip_features``)."""
+    if cfg.data.store == "embedding":
+        return f"the per-recording mean {cfg.model.backbone} embedding"
+    return "per-recording log-mel mean and std"
 
 
 def primary_index(y_true: np.ndarray) -> np.ndarray:
@@ -319,8 +339,10 @@ def format_markdown(summary: dict, data, fold_column: str) -> str:
     """The per-fold table, the mean ± std row and each fold's confusion matrix."""
     header = ("| fold | recordings | top-1 | baseline top-1 | macro ROC-AUC | baseline ROC-AUC "
               "| padded cmAP | baseline cmAP | minutes |")
+    features = summary["per_fold"][0].get("baseline_features",
+                                          "per-recording log-mel mean and std")
     lines = [f"Cross-validation on {data} (folds of column `{fold_column}`; the baseline is a "
-             f"logistic regression on per-recording log-mel mean and std).", "",
+             f"logistic regression on {features}).", "",
              header, "|" + "---|" * 9]
     for r in summary["per_fold"]:
         m, b = r["model"], r["baseline"]

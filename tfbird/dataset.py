@@ -272,7 +272,8 @@ def sample_classes_evenly(serialized: tf.data.Dataset, files: list[str], num_cla
 
 def input_shape(manifest: dict, waveform: bool = False) -> tuple[int, ...]:
     """The shape of one model input read from these records: the log-mel ``(frames, mels)``
-    (whatever the store), or with ``waveform`` the PCM window ``(samples,)``.
+    (of log-mel or PCM records), with ``waveform`` the PCM window ``(samples,)``, or the
+    embedding ``(dim,)`` of embedding records.
 
     Raises:
         ValueError: ``waveform`` with records that hold log-mels.
@@ -281,7 +282,7 @@ def input_shape(manifest: dict, waveform: bool = False) -> tuple[int, ...]:
     if waveform and store != records.PCM:
         raise ValueError("The front end can only run in the model on records that hold PCM "
                          f"(tfbird ingest --store pcm). Received: store={store!r}")
-    if waveform or store == records.LOGMEL:
+    if waveform or store in (records.LOGMEL, records.EMBEDDING):
         return tuple(manifest["feature"]["shape"])
     return tuple(manifest["logmel_shape"])
 

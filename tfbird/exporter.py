@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfbird import config, metrics
+from tfbird import backbones, config, metrics
 from tfbird import labels as labels_lib
 from tfbird.frontend import build_frontend
 from tfbird.model import embedding_features, framewise_model, has_sed_head, logmel_classifier
@@ -51,6 +51,7 @@ TFLITE_FILE = "model.tflite"
 TFLITE_FILES = {"none": TFLITE_FILE, "float16": "model_float16.tflite",
                 "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
 QUANTIZATIONS = tuple(TFLITE_FILES)
+BACKBONE_DIR = "backbone"  # A head's export: the pretrained backbone's own files.
 FRONT_END_LAYER = "log_mel_spectrogram"  # The name ``build_frontend`` gives the layer.
 
 
@@ -63,9 +64,20 @@ class ExportResult:
     saved_model_dir: Path
     tflite_paths: dict[str, Path]
     serving_model: keras.Model
-    embedding_model: keras.Model
+    embedding_model: keras.Model | None
     labels: list[str]
     framewise_model: keras.Model | None = None
+    backbone: backbones.Backbone | None = None
+
+    @property
+    def input_name(self) -> str:
+        """The exported models' input: ``waveform``, or ``embedding`` for a head on a
+        pretrained backbone's embeddings."""
+        return INPUT_NAME if self.backbone is None else EMBEDDING_NAME
+
+    def model_inputs(self, waveforms: np.ndarray) -> np.ndarray:
+        """What the exported models take for these waveform windows."""
+        return waveforms if self.backbone is None else self.backbone.embed(waveforms)
 
     @property
     def tflite_path(self) -> Path | None:
@@ -98,6 +110,16 @@ def build_serving_model(cfg: config.Config, classifier: keras.Model) -> keras.Mo
     activation = "softmax" if cfg.model.task == "multiclass" else "sigmoid"
     probabilities = keras.layers.Activation(activation, dtype="float32", name=OUTPUT_NAME)(logits)
     return keras.Model(waveform, probabilities, name="tfbird_serving")
+
+
+def build_head_serving_model(cfg: config.Config, head: keras.Model) -> keras.Model:
+    """Embedding ``[batch, dim]`` -> probabilities: a head on a pretrained backbone
+    (``model.build_embedding_head``) with the sigmoid, or softmax for ``multiclass``."""
+    activation = "softmax" if cfg.model.task == "multiclass" else "sigmoid"
+    embedding = keras.Input(shape=head.input_shape[1:], name=EMBEDDING_NAME)
+    probabilities = keras.layers.Activation(activation, dtype="float32",
+                                            name=OUTPUT_NAME)(head(embedding))
+    return keras.Model(embedding, probabilities, name="tfbird_head_serving")
 
 
 def build_embedding_model(cfg: config.Config, classifier: keras.Model) -> keras.Model:
@@ -156,15 +178,20 @@ def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
     check_quantize(quantize, calibration_waveforms)
     cfg = config.load(run_dir / CONFIG_FILE)
     labels = labels_lib.read_labels(run_dir / LABELS_FILE)
-    classifier = load_classifier(run_dir / MODEL_FILE)
-    serving_model = build_serving_model(cfg, classifier)
-    embedding_model = build_embedding_model(cfg, classifier)
-    framewise = build_framewise_serving_model(cfg, classifier)
-
     model_dir = Path(exports_dir or cfg.export.exports_dir) / (model_name or cfg.export.model_name)
     version_dir = model_dir / str(version or next_version(model_dir))
     if version_dir.exists():
         raise ValueError(f"Export version folder already exists. Received: version_dir={version_dir}")
+    if cfg.model.backbone in config.EMBEDDING_BACKBONES:
+        if tuple(quantize) != ("none",):
+            raise ValueError("A head on a pretrained backbone exports as float32 only (the "
+                             f"head is a few kB). Received: quantize={list(quantize)}")
+        return export_embedding_head(cfg, keras.models.load_model(run_dir / MODEL_FILE),
+                                     labels, version_dir, tflite)
+    classifier = load_classifier(run_dir / MODEL_FILE)
+    serving_model = build_serving_model(cfg, classifier)
+    embedding_model = build_embedding_model(cfg, classifier)
+    framewise = build_framewise_serving_model(cfg, classifier)
     save_serving_model(serving_model, version_dir, labels, cfg, embedding_model, framewise)
     tflite_paths = {}
     for variant in (quantize if tflite else ()):
@@ -173,6 +200,36 @@ def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
             convert_to_tflite(serving_model, variant, calibration_waveforms))
     return ExportResult(version_dir, tflite_paths, serving_model, embedding_model, labels,
                         framewise)
+
+
+def export_embedding_head(cfg: config.Config, head: keras.Model, labels: list[str],
+                          version_dir: Path, tflite: bool = False) -> ExportResult:
+    """Exports a head trained on a pretrained backbone's embeddings (``model.backbone``).
+
+    The version folder holds the head as a SavedModel (``serving_default``: ``embedding
+    [batch, dim]`` -> ``probabilities``; TF Serving can serve it to clients that send
+    embeddings), with ``--tflite`` the head as ``model.tflite`` (same input), and the
+    backbone itself in ``backbone/`` (for BirdNET its ``.tflite`` and licence), so the folder
+    is the whole model: ``analyze`` runs backbone then head on waveforms. The contract in
+    ``assets/model_config.json`` names the backbone, its licence and its file.
+    """
+    backbone = backbones.load_backbone(cfg.model)
+    serving_model = build_head_serving_model(cfg, head)
+    backbone_file = backbones.copy_backbone(cfg.model, version_dir / BACKBONE_DIR)
+    contract = {**model_contract(cfg, labels), "input": EMBEDDING_NAME,
+                "input_shape": [backbone.embedding_dim],
+                "backbone": {**backbone.describe(),
+                             "file": str(backbone_file.relative_to(version_dir))}}
+    signatures = {SIGNATURE: serving_function(serving_model, backbone.embedding_dim,
+                                              input_name=EMBEDDING_NAME),
+                  LABELS_SIGNATURE: labels_function(labels)}
+    write_saved_model(version_dir, {"model": serving_model}, signatures, labels, contract)
+    tflite_paths = {}
+    if tflite:
+        tflite_paths["none"] = version_dir / TFLITE_FILE
+        tflite_paths["none"].write_bytes(convert_to_tflite(serving_model))
+    return ExportResult(version_dir, tflite_paths, serving_model, None, labels,
+                        backbone=backbone)
 
 
 def check_quantize(quantize: tuple[str, ...], calibration_waveforms: np.ndarray | None) -> None:
@@ -185,18 +242,19 @@ def check_quantize(quantize: tuple[str, ...], calibration_waveforms: np.ndarray 
                          "training records). Received: calibration_waveforms=None")
 
 
-def serving_function(model: keras.Model, window_samples: int, output_name: str = OUTPUT_NAME,
-                     framewise: keras.Model | None = None
+def serving_function(model: keras.Model, input_length: int, output_name: str = OUTPUT_NAME,
+                     framewise: keras.Model | None = None, input_name: str = INPUT_NAME
                      ) -> tf.types.experimental.PolymorphicFunction:
-    """A waveform signature (``serving_default``, ``embed``): ``{waveform}`` ->
-    ``{output_name}``, plus ``{framewise}`` when a framewise model is given."""
-    spec = tf.TensorSpec([None, window_samples], tf.float32, name=INPUT_NAME)
+    """A signature (``serving_default``, ``embed``): ``{input_name}`` ``[batch,
+    input_length]`` (a waveform by default) -> ``{output_name}``, plus ``{framewise}`` when a
+    framewise model is given."""
+    spec = tf.TensorSpec([None, input_length], tf.float32, name=input_name)
 
     @tf.function(input_signature=[spec])
-    def serve(waveform):
-        outputs = {output_name: model(waveform, training=False)}
+    def serve(inputs):
+        outputs = {output_name: model(inputs, training=False)}
         if framewise is not None:
-            outputs[FRAMEWISE_NAME] = framewise(waveform, training=False)
+            outputs[FRAMEWISE_NAME] = framewise(inputs, training=False)
         return outputs
 
     return serve
@@ -221,24 +279,32 @@ def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
     probabilities ``[batch, frames, classes]`` when ``framewise`` is given), ``embed``
     (waveform -> pooled features) and ``labels`` (no input -> the class names).
     """
+    signatures = {
+        SIGNATURE: serving_function(model, cfg.audio.window_samples, framewise=framewise),
+        EMBED_SIGNATURE: serving_function(embedding_model, cfg.audio.window_samples,
+                                          EMBEDDING_NAME),
+        LABELS_SIGNATURE: labels_function(labels),
+    }
+    write_saved_model(version_dir, {"model": model, "embedding_model": embedding_model,
+                                    "framewise_model": framewise},
+                      signatures, labels, model_contract(cfg, labels))
+
+
+def write_saved_model(version_dir: Path, models: dict[str, keras.Model | None],
+                      signatures: dict, labels: list[str], contract: dict) -> None:
+    """``tf.saved_model.save`` of a module holding ``models`` (by attribute name), with
+    ``signatures`` and the assets ``labels.txt`` and ``model_config.json`` (``contract``)."""
     with tempfile.TemporaryDirectory() as staging:
         labels_path = Path(staging) / "labels.txt"
         labels_lib.write_labels(labels, labels_path)
         config_path = Path(staging) / "model_config.json"
-        config_path.write_text(json.dumps(model_contract(cfg, labels), indent=2))
+        config_path.write_text(json.dumps(contract, indent=2))
 
         module = tf.Module()
-        module.model = model
-        module.embedding_model = embedding_model
-        module.framewise_model = framewise
+        for name, model in models.items():
+            setattr(module, name, model)
         module.labels_file = tf.saved_model.Asset(str(labels_path))
         module.config_file = tf.saved_model.Asset(str(config_path))
-        signatures = {
-            SIGNATURE: serving_function(model, cfg.audio.window_samples, framewise=framewise),
-            EMBED_SIGNATURE: serving_function(embedding_model, cfg.audio.window_samples,
-                                              EMBEDDING_NAME),
-            LABELS_SIGNATURE: labels_function(labels),
-        }
         tf.saved_model.save(module, str(version_dir), signatures=signatures)
 
 
@@ -366,20 +432,22 @@ def quantize_int8(converter: tf.lite.TFLiteConverter, calibration_waveforms: np.
 # --- Running the exported artifacts (used by the agreement check and tests) -----------------
 
 
-def run_saved_model(saved_model_dir: Path, waveforms: np.ndarray) -> np.ndarray:
+def run_saved_model(saved_model_dir: Path, inputs: np.ndarray,
+                    input_name: str = INPUT_NAME) -> np.ndarray:
     signature = tf.saved_model.load(str(saved_model_dir)).signatures[SIGNATURE]
-    return signature(**{INPUT_NAME: tf.constant(waveforms, tf.float32)})[OUTPUT_NAME].numpy()
+    return signature(**{input_name: tf.constant(inputs, tf.float32)})[OUTPUT_NAME].numpy()
 
 
-def run_tflite(tflite_path: Path, waveforms: np.ndarray) -> np.ndarray:
+def run_tflite(tflite_path: Path, inputs: np.ndarray, input_name: str = INPUT_NAME
+               ) -> np.ndarray:
     """Runs the TFLite model on a batch of any size (the batch dimension is dynamic).
 
-    Its signature is ``serving_default`` with input ``waveform``; the converter names the
-    single output ``output_0``.
+    Its signature is ``serving_default`` with input ``input_name`` (``waveform``, or
+    ``embedding`` for a head); the converter names the single output ``output_0``.
     """
     interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
     runner = interpreter.get_signature_runner(SIGNATURE)
-    (probabilities,) = runner(**{INPUT_NAME: np.asarray(waveforms, np.float32)}).values()
+    (probabilities,) = runner(**{input_name: np.asarray(inputs, np.float32)}).values()
     return probabilities
 
 
@@ -395,16 +463,18 @@ def compare_outputs(result: ExportResult, waveforms: np.ndarray) -> dict[str, fl
     ``PredictRequest``, when ``tensorflow-serving-api`` is installed) and one
     ``tflite_output_key(variant)`` per TFLite file.
     """
-    keras_probabilities = result.serving_model.predict(waveforms, verbose=0)
+    inputs, name = result.model_inputs(waveforms), result.input_name
+    keras_probabilities = result.serving_model.predict(inputs, verbose=0)
     differences = {"saved_model": float(np.abs(
-        run_saved_model(result.saved_model_dir, waveforms) - keras_probabilities).max())}
+        run_saved_model(result.saved_model_dir, inputs, name) - keras_probabilities).max())}
     if serving_api_available():
-        response = serve_predict_request(result.saved_model_dir, predict_request(waveforms))
+        response = serve_predict_request(result.saved_model_dir,
+                                         predict_request(inputs, input_name=name))
         served = tf.make_ndarray(response.outputs[OUTPUT_NAME])
         differences["tf_serving_request"] = float(np.abs(served - keras_probabilities).max())
     for variant, path in result.tflite_paths.items():
         differences[tflite_output_key(variant)] = float(np.abs(
-            run_tflite(path, waveforms) - keras_probabilities).max())
+            run_tflite(path, inputs, name) - keras_probabilities).max())
     return differences
 
 
@@ -422,11 +492,12 @@ def evaluate_tflite_variants(result: ExportResult, waveforms: np.ndarray,
         ``mean_abs_diff`` (probabilities against Keras), and with targets ``roc_auc`` and
         ``roc_auc_change`` (variant minus Keras).
     """
-    keras_probabilities = result.serving_model.predict(waveforms, verbose=0)
+    inputs = result.model_inputs(waveforms)
+    keras_probabilities = result.serving_model.predict(inputs, verbose=0)
     keras_auc = metrics.macro_roc_auc(targets, keras_probabilities) if targets is not None else None
     rows = []
     for variant, path in result.tflite_paths.items():
-        probabilities = run_tflite(path, waveforms)
+        probabilities = run_tflite(path, inputs, result.input_name)
         difference = np.abs(probabilities - keras_probabilities)
         row = {"variant": variant, "size_mb": path.stat().st_size / 1e6,
                "max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean())}
@@ -446,8 +517,9 @@ def serving_api_available() -> bool:
 
 
 def predict_request(waveforms: np.ndarray, model_name: str = "tfbird",
-                    signature_name: str = SIGNATURE):
-    """A TF Serving ``PredictRequest`` holding ``waveforms`` as its ``waveform`` input."""
+                    signature_name: str = SIGNATURE, input_name: str = INPUT_NAME):
+    """A TF Serving ``PredictRequest`` holding ``waveforms`` (or, for a head, embeddings)
+    as its ``input_name`` input."""
     if not serving_api_available():
         raise ValueError("The TF Serving client protos are missing; install them with "
                          "pip install 'tfbird[serving]'. Received: tensorflow_serving=None")
@@ -457,7 +529,7 @@ def predict_request(waveforms: np.ndarray, model_name: str = "tfbird",
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature_name
     if signature_name != LABELS_SIGNATURE:
-        request.inputs[INPUT_NAME].CopyFrom(
+        request.inputs[input_name].CopyFrom(
             tf.make_tensor_proto(np.asarray(waveforms, np.float32)))
     return request
 

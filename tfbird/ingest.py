@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from tfbird import catalog, config, records
 from tfbird import labels as labels_lib
+from tfbird.backbones import load_backbone
 from tfbird.frontend import build_frontend
 from tfbird.waveform import (
     CountedBlocks,
@@ -193,7 +194,8 @@ def plan_fingerprint(cfg: config.Config, layout: str, labels: list[str],
     settings = build_manifest(cfg, "", labels, {}, 0)
     content = {
         "settings": {k: settings[k] for k in ("schema_version", "audio", "frontend", "feature",
-                                             "labels", "split", "selection")},
+                                             "backbone", "labels", "split", "selection")
+                     if k in settings},
         "layout": layout,
         "files_per_shard": cfg.data.files_per_shard,
         "files": [[r.path, r.filename, r.split, r.primary_label, list(r.secondary_labels),
@@ -458,6 +460,8 @@ def window_dataset(paths: list[str], cfg: config.Config,
             windows, start_s = tf.boolean_mask(windows, keep), tf.boolean_mask(start_s, keep)
         if cfg.data.store == records.PCM:
             feature = records.to_pcm16(windows)
+        elif cfg.data.store == records.EMBEDDING:
+            feature = windows  # Embedded by iterate_windows: the backbone is not graph code.
         else:
             feature = tf.cast(frontend(windows), tf.float16)
         return position, feature, start_s, audio_s, error, last
@@ -474,11 +478,17 @@ def window_dataset(paths: list[str], cfg: config.Config,
 
 def iterate_windows(paths: list[str], cfg: config.Config, names: list[str] | None = None
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, float, str, bool]]:
-    """Yields the blocks of ``window_dataset`` as numpy values, with a ``str`` error."""
+    """Yields the blocks of ``window_dataset`` as numpy values, with a ``str`` error. With
+    ``data.store: embedding`` the windows are embedded here (float16 ``[windows, dim]``) by
+    ``model.backbone``, while tf.data decodes the next recordings."""
     if not paths:
         return
+    embed = (load_backbone(cfg.model).embed if cfg.data.store == records.EMBEDDING
+             else None)
     for position, feature, start_s, audio_s, error, last in window_dataset(
             paths, cfg, names).as_numpy_iterator():
+        if embed is not None:
+            feature = embed(feature).astype(np.float16)
         yield int(position), feature, start_s, float(audio_s), error.decode("utf-8"), bool(last)
 
 
@@ -488,6 +498,11 @@ def build_manifest(cfg: config.Config, data, labels: list[str], splits: dict,
     feature = {"name": records.LOGMEL, "dtype": "float16", "shape": logmel_shape}
     if cfg.data.store == records.PCM:
         feature = {"name": records.PCM, "dtype": "int16", "shape": [cfg.audio.window_samples]}
+    backbone = {}
+    if cfg.data.store == records.EMBEDDING:
+        backbone = {"backbone": load_backbone(cfg.model).describe()}
+        feature = {"name": records.EMBEDDING, "dtype": "float16",
+                   "shape": [backbone["backbone"]["embedding_dim"]]}
     return {
         "schema_version": records.SCHEMA_VERSION,
         "source": str(data),
@@ -495,6 +510,7 @@ def build_manifest(cfg: config.Config, data, labels: list[str], splits: dict,
         "frontend": config.to_dict(cfg)["frontend"],
         "store": cfg.data.store,
         "feature": feature,
+        **backbone,
         "logmel_shape": logmel_shape,
         "labels": labels,
         "split": split_description(cfg.data),

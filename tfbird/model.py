@@ -81,6 +81,31 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     return keras.Model(inputs, logits, name="tfbird_classifier")
 
 
+def build_embedding_head(model_cfg: ModelConfig, num_classes: int,
+                         embedding_dim: int) -> keras.Model:
+    """The head trained on a pretrained backbone's embeddings (``model.backbone`` birdnet or
+    perch): embedding ``[batch, dim]`` -> logits ``[batch, num_classes]``.
+
+    Layers: ``standardize`` (each embedding to zero mean and unit variance over its
+    values, as the log-mel classifier standardises its input), then with
+    ``model.head_hidden_units`` a ``hidden`` ReLU layer, ``dropout`` and ``logits``.
+    With no hidden layer it is a logistic regression on the standardised embedding.
+
+    Example:
+        >>> head = build_embedding_head(ModelConfig(backbone="birdnet"), 3, 1024)
+        >>> head(np.zeros([2, 1024], "float32")).shape
+        (2, 3)
+    """
+    inputs = keras.Input(shape=(embedding_dim,), name="embedding")
+    x = keras.layers.LayerNormalization(center=False, scale=False, name="standardize")(inputs)
+    if model_cfg.head_hidden_units:
+        x = keras.layers.Dense(model_cfg.head_hidden_units, activation="relu",
+                               name="hidden")(x)
+    x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, logits, name="tfbird_embedding_head")
+
+
 def build_waveform_classifier(classifier: keras.Model, audio: AudioConfig,
                               frontend: FrontendConfig,
                               augment: AugmentConfig | None = None) -> keras.Model:

@@ -68,9 +68,9 @@ def records_match(records_dir: Path, cfg: config.Config) -> bool:
     except ValueError:
         return False
     expected = ingest.build_manifest(cfg, cfg.data.path, manifest["labels"], {}, 0)
-    return all(manifest.get(key) == expected[key]
-               for key in ("schema_version", "source", "audio", "frontend", "feature", "split",
-                           "selection"))
+    return all(manifest.get(key) == expected.get(key)
+               for key in ("schema_version", "source", "audio", "frontend", "feature",
+                           "backbone", "split", "selection"))
 
 
 def audio_files(folder: str | Path) -> list[Path]:

@@ -1,7 +1,7 @@
 """The TFRecord schema: feature keys, ``to_example`` / ``parse_example`` side by side, and the
 sharded writer.
 
-One ``tf.train.Example`` is one window of one recording. Its feature is one of two stores
+One ``tf.train.Example`` is one window of one recording. Its feature is one of three stores
 (``data.store``, named in the manifest as ``"store"``):
 
 - ``logmel`` (default): the log-mel ``[frames, mels]`` as raw little-endian float16 bytes,
@@ -9,6 +9,9 @@ One ``tf.train.Example`` is one window of one recording. Its feature is one of t
 - ``pcm``: the window's waveform ``[samples]`` at the audio sample rate as raw little-endian
   int16 bytes (``round(x * 32768)``, clipped), with ``pcm_shape`` ``[samples]``; the reader or
   the model computes the log-mels;
+- ``embedding``: the window's embedding ``[dim]`` by a pretrained backbone
+  (``tfbird.backbones``; the manifest names it) as raw little-endian float16 bytes, with
+  ``embedding_shape`` ``[dim]``;
 
 and, in both:
 
@@ -35,8 +38,9 @@ SCHEMA_VERSION = 2  # 2: secondary_labels
 LOGMEL = "logmel"
 LOGMEL_SHAPE = "logmel_shape"
 PCM = "pcm"
-STORES = (LOGMEL, PCM)
-STORE_DTYPES = {LOGMEL: "<f2", PCM: "<i2"}
+EMBEDDING = "embedding"
+STORES = (LOGMEL, PCM, EMBEDDING)
+STORE_DTYPES = {LOGMEL: "<f2", PCM: "<i2", EMBEDDING: "<f2"}
 PCM_SCALE = 32768.0  # int16 full scale, as soundfile reads 16-bit PCM.
 LABELS = "labels"
 SECONDARY = "secondary_labels"
@@ -47,8 +51,9 @@ STORAGE_DTYPE = np.float16
 
 def to_example(feature: np.ndarray, labels: np.ndarray, filename: str, start_s: float,
                store: str = LOGMEL, secondary: np.ndarray | None = None) -> bytes:
-    """Serialises one window: a ``logmel`` ``[frames, mels]`` (stored as float16) or, with
-    ``store="pcm"``, int16 PCM ``[samples]`` (see ``to_pcm16``). ``secondary`` marks the
+    """Serialises one window: a ``logmel`` ``[frames, mels]`` (stored as float16), with
+    ``store="pcm"`` int16 PCM ``[samples]`` (see ``to_pcm16``), or with ``store="embedding"``
+    an embedding ``[dim]`` (stored as float16). ``secondary`` marks the
     positives of ``labels`` that are secondary labels (default: none)."""
     check_store(store)
     features = {
@@ -79,14 +84,15 @@ def feature_description(num_classes: int, store: str = LOGMEL) -> dict:
 def parse_example(serialized: tf.Tensor, num_classes: int, shape: tuple[int, ...],
                   store: str = LOGMEL) -> dict:
     """Parses one serialised example into ``{store: float32 feature, labels, ...}``: the
-    log-mel ``[frames, mels]`` in dB, or the PCM waveform ``[samples]`` scaled to [-1, 1)."""
+    log-mel ``[frames, mels]`` in dB, the PCM waveform ``[samples]`` scaled to [-1, 1), or
+    the embedding ``[dim]``."""
     features = tf.io.parse_single_example(serialized, feature_description(num_classes, store))
     if store == PCM:
         pcm = tf.io.decode_raw(features[PCM], tf.int16, little_endian=True)
         features[PCM] = tf.reshape(tf.cast(pcm, tf.float32) / PCM_SCALE, shape)
     else:
-        logmel = tf.io.decode_raw(features[LOGMEL], tf.float16, little_endian=True)
-        features[LOGMEL] = tf.cast(tf.reshape(logmel, shape), tf.float32)
+        values = tf.io.decode_raw(features[store], tf.float16, little_endian=True)
+        features[store] = tf.cast(tf.reshape(values, shape), tf.float32)
     return features
 
 

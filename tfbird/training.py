@@ -48,11 +48,12 @@ import numpy as np
 import scipy.special
 import tensorflow as tf
 
-from tfbird import config, dataset, metrics
+from tfbird import config, dataset, metrics, records
 from tfbird import labels as labels_lib
 from tfbird.ingest import read_manifest
 from tfbird.model import (
     build_classifier,
+    build_embedding_head,
     build_waveform_classifier,
     sed_time_steps,
     set_backbone_trainable,
@@ -517,7 +518,7 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
 
     with strategy.scope():
         with precision_policy(cfg.train.mixed_precision):
-            model = build_classifier(cfg.model, len(labels), dataset.input_shape(manifest))
+            model = build_model(cfg.model, len(labels), manifest)
             if cfg.model.frontend_in_model:  # Waveforms in: the log-mels run in the model.
                 model = build_waveform_classifier(model, cfg.audio, cfg.frontend, cfg.augment)
     if cfg.model.head == "sed":
@@ -532,7 +533,8 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
                                              augment=cfg.augment, sampling=cfg.data.sampling,
                                              data_service=cfg.train.data_service, **read)
     valid_data = dataset.distributed_dataset(strategy, split="valid", training=False, **read)
-    if not epochs_done:  # A small shuffle buffer: a few examples, not a full buffer, read.
+    if not epochs_done and not embedding_records(manifest):
+        # A small shuffle buffer: a few examples, not a full buffer, read.
         write_input_images(output_dir / LOGS_DIR / "train", labels, dataset.make_dataset(
             records_dir, manifest, "train", INPUT_IMAGES, training=True, seed=cfg.train.seed,
             shuffle_buffer_size=16 * INPUT_IMAGES, augment=cfg.augment,
@@ -566,6 +568,30 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
                       log_dir=run_dir / LOGS_DIR / "validation", log_step=cfg.train.epochs)
     write_metrics(scores, run_dir / METRICS_FILE)
     return run_dir, scores
+
+
+def embedding_records(manifest: dict) -> bool:
+    """Whether the records hold a pretrained backbone's embeddings (not log-mels or PCM)."""
+    return manifest.get("store") == records.EMBEDDING
+
+
+def build_model(model_cfg: config.ModelConfig, num_classes: int, manifest: dict) -> keras.Model:
+    """The model these records train: ``build_embedding_head`` on embedding records (whose
+    backbone must be ``model.backbone``), else the log-mel ``build_classifier``.
+
+    Raises:
+        ValueError: records of another backbone than the config's.
+    """
+    recorded = manifest.get("backbone", {}).get("name", "resnet50")
+    if recorded != model_cfg.backbone:
+        raise ValueError(
+            f"The records hold {recorded} embeddings (store {manifest.get('store')!r}) but "
+            f"the config trains model.backbone {model_cfg.backbone!r}: ingest again with "
+            f"this backbone, or set --set model.backbone={recorded}. "
+            f"Received: backbone={model_cfg.backbone!r}")
+    if embedding_records(manifest):
+        return build_embedding_head(model_cfg, num_classes, manifest["feature"]["shape"][0])
+    return build_classifier(model_cfg, num_classes, dataset.input_shape(manifest))
 
 
 def worker_output_dirs(run_dir: str | Path | None, index: int) -> tuple[Path, Path]:
@@ -756,7 +782,8 @@ def predict_split(model: keras.Model, records_dir: str | Path, manifest: dict, s
     """
     data = dataset.make_dataset(records_dir, manifest, split, batch_size, training=False,
                                 task=task, secondary_label_weight=secondary_label_weight,
-                                frontend_in_model=len(model.input_shape) == 2)
+                                frontend_in_model=len(model.input_shape) == 2
+                                and not embedding_records(manifest))
     y_true, logits = [], []
     for x, y in data:  # One pass over the records: labels and predictions stay aligned.
         logits.append(model.predict_on_batch(x))
