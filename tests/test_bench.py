@@ -116,3 +116,20 @@ def test_training_bench_measures_the_reader_steps_and_input_wait(tiny_cfg, tiny_
     assert list(steps) == ["gap"] and steps["gap"] > 0
     share = bench.input_wait_share(tiny_records, cfg, steps=4)
     assert 0.0 <= share < 1.0
+
+
+def test_each_backbone_has_its_own_cv_section():
+    assert bench.cv_title() == bench.CV_TITLE
+    assert bench.cv_title("birdnet") == f"{bench.CV_TITLE}, a head on birdnet embeddings"
+
+
+def test_embed_section_reports_both_realtime_factors_and_the_licence():
+    result = {"files": 3, "audio_h": 0.5, "windows": 600, "decode_s": 6.0, "embed_s": 30.0,
+              "decode_realtime": 300.0, "embed_realtime": 60.0,
+              "backbone": {"name": "birdnet", "version": "V2.4", "sample_rate_hz": 48000,
+                           "window_samples": 144000, "licence": "CC BY-NC-SA 4.0 (BirdNET)"}}
+    section = bench.format_embed_section(result, "python -m tfbird bench embed --audio A")
+    assert section.startswith(f"## {bench.EMBED_TITLE}\n")
+    assert "| decode + resample + windows | 3 | 0.50 | 600 | 6.0 | 300x |" in section
+    assert "| ... + embedding | 3 | 0.50 | 600 | 30.0 | 60x |" in section
+    assert "CC BY-NC-SA 4.0" in section

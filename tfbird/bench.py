@@ -153,15 +153,88 @@ def write_section(path: Path, title: str, section: str) -> None:
 CV_TITLE = "Cross-validation: accuracy on real labelled clips"
 
 
-def format_cv_section(summary: dict, command: str) -> str:
+def cv_title(backbone: str = "resnet50") -> str:
+    """The ``bench cv`` section of a backbone: one section each in BENCHMARKS.md."""
+    return CV_TITLE if backbone == "resnet50" else f"{CV_TITLE}, a head on {backbone} embeddings"
+
+
+def format_cv_section(summary: dict, command: str, backbone: str = "resnet50") -> str:
     """The ``cv`` table (``cv.md`` without the confusion matrices) under the command."""
     from tfbird import cv
 
     table = (Path(summary["cv_dir"]) / cv.CV_MARKDOWN).read_text().split("\n\nConfusion")[0]
-    return (f"## {CV_TITLE}\n\nCommand: `{command}` (one model per held-out fold, scored "
+    return (f"## {cv_title(backbone)}\n\nCommand: `{command}` (one model per held-out fold, scored "
             f"through the exported SavedModel as `analyze` scores recordings; minutes are "
             f"the wall time of ingest, training, export and scoring of each fold on this "
             f"2-core CPU).\n\n{table.rstrip()}\n")
+
+
+# --- Embedding: a pretrained backbone's realtime factor on real recordings ------------------
+
+EMBED_TITLE = "Embedding: realtime factor of a pretrained backbone"
+
+
+def bench_embed(files: list[Path], model_cfg: config.ModelConfig, repeats: int = 3) -> dict:
+    """Seconds of audio embedded per second of wall time, whole recordings, median of
+    ``repeats``: decode + resample to the backbone's rate + windows (``analyze``'s
+    windowing, no overlap), alone and followed by the backbone.
+
+    Returns:
+        ``{"files", "audio_h", "decode_s", "embed_s", "decode_realtime", "embed_realtime",
+        "windows", "backbone"}`` (seconds are medians).
+    """
+    from tfbird import analyze, backbones
+    from tfbird.waveform import stream_waveform
+
+    backbone = backbones.load_backbone(model_cfg)
+    backbone.embed(np.zeros([1, backbone.window_samples], np.float32))  # Start-up, untimed.
+
+    def windows_of(path):
+        blocks = stream_waveform(path, backbone.sample_rate_hz, 60.0)
+        return analyze.batched(analyze.stream_windows(blocks, backbone.window_samples,
+                                                      backbone.window_samples), 32)
+
+    def timed(embed: bool) -> tuple[float, int, float]:
+        started, windows, samples = time.perf_counter(), 0, 0
+        for path in files:
+            for _, batch in windows_of(path):
+                windows += len(batch)
+                if embed:
+                    backbone.embed(batch)
+            samples += sf_frames_at(path, backbone.sample_rate_hz)
+        return time.perf_counter() - started, windows, samples / backbone.sample_rate_hz
+
+    decode = [timed(False) for _ in range(repeats)]
+    embedded = [timed(True) for _ in range(repeats)]
+    audio_s, windows = decode[0][2], decode[0][1]
+    decode_s = statistics.median(t for t, _, _ in decode)
+    embed_s = statistics.median(t for t, _, _ in embedded)
+    return {"files": len(files), "audio_h": audio_s / 3600, "windows": windows,
+            "decode_s": decode_s, "embed_s": embed_s, "decode_realtime": audio_s / decode_s,
+            "embed_realtime": audio_s / embed_s, "backbone": backbone.describe()}
+
+
+def sf_frames_at(path: Path, sample_rate_hz: int) -> int:
+    """A recording's length in samples at ``sample_rate_hz`` (from its header)."""
+    import soundfile
+
+    info = soundfile.info(str(path))
+    return int(round(info.frames * sample_rate_hz / info.samplerate))
+
+
+def format_embed_section(result: dict, command: str) -> str:
+    backbone = result["backbone"]
+    return (f"## {EMBED_TITLE}\n\nCommand: `{command}` on {datetime.date.today()}, "
+            f"{os.cpu_count()} CPU cores ({platform.machine()}); medians of the repeats; whole recordings read in blocks and resampled to "
+            f"{backbone['sample_rate_hz']} Hz, windows of {backbone['window_samples']} "
+            f"samples without overlap, {os.cpu_count()} interpreter threads).\n\n"
+            f"| {backbone['name']} {backbone['version']} | files | audio (h) | windows | "
+            f"seconds | realtime factor |\n|---|---:|---:|---:|---:|---:|\n"
+            f"| decode + resample + windows | {result['files']} | {result['audio_h']:.2f} | "
+            f"{result['windows']} | {result['decode_s']:.1f} | {result['decode_realtime']:.0f}x |\n"
+            f"| ... + embedding | {result['files']} | {result['audio_h']:.2f} | "
+            f"{result['windows']} | {result['embed_s']:.1f} | {result['embed_realtime']:.0f}x |\n"
+            f"\nThe model's licence: {backbone['licence']}.\n")
 
 
 # --- Analysis: realtime factor per model form, and scaling over workers --------------------

@@ -210,12 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks against librosa -> BENCHMARKS.md")
     add_config_arguments(bench)
-    bench.add_argument("what", choices=["frontend", "ingest", "analyze", "training", "cv"],
+    bench.add_argument("what", choices=["frontend", "ingest", "analyze", "training", "cv",
+                                        "embed"],
                        help="frontend: whole recordings to log-mels; ingest: a data set to "
                             "records; analyze: realtime factor per model form and workers; "
                             "training: reader, train-step examples/s and input wait; cv: "
-                            "the cv command's accuracy table beside its baseline")
-    bench.add_argument("--audio", help="frontend: folder of recordings")
+                            "the cv command's accuracy table beside its baseline; embed: "
+                            "a pretrained backbone's realtime factor (--config birdnet)")
+    bench.add_argument("--audio", help="frontend, embed: folder of recordings")
     bench.add_argument("--data", nargs="+", help="ingest: data set (BirdCLEF folder or CSV); "
                                                  "analyze: recordings (files or folders)")
     bench.add_argument("--model", nargs="+", help="analyze: run folders, export version "
@@ -519,8 +521,18 @@ def run_bench(args) -> int:
             raise ValueError("bench cv needs --data CSV_OR_DIR. Received: data=None")
         summary = cv.run_cv(cfg, args.data[0], args.fold_column, folds=args.folds,
                             progress=not args.quiet)
-        section = bench.format_cv_section(summary, "python -m tfbird " + " ".join(sys.argv[1:]))
-        bench.write_section(Path(args.out), bench.CV_TITLE, section)
+        section = bench.format_cv_section(summary, "python -m tfbird " + " ".join(sys.argv[1:]),
+                                          cfg.model.backbone)
+        bench.write_section(Path(args.out), bench.cv_title(cfg.model.backbone), section)
+        print(section)
+        return 0
+    if args.what == "embed":
+        if not args.audio:
+            raise ValueError("bench embed needs --audio DIR (recordings). Received: audio=None")
+        files = pipeline.audio_files(args.audio)
+        result = bench.bench_embed(files, cfg.model, args.repeats)
+        section = bench.format_embed_section(result, "python -m tfbird " + " ".join(sys.argv[1:]))
+        bench.write_section(Path(args.out), bench.EMBED_TITLE, section)
         print(section)
         return 0
     if args.what == "training":
