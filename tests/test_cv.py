@@ -135,7 +135,9 @@ def test_cv_scores_each_fold_beside_the_baseline_and_resumes(tmp_path, monkeypat
     # The same command again: the finished folds are reused, nothing is trained.
     stamp = (cv_dir / "fold-1" / "score.json").stat().st_mtime_ns
     shutil.rmtree(cv_dir / "fold-2")
-    again = cv.run_cv(cfg, csv_path, "fold", progress=False)
+    # As the cv command gives it (its --fold-column is in the config; bench cv's is not).
+    with_flags = fold_config(tmp_path, fold_column="fold", path=str(csv_path))
+    again = cv.run_cv(with_flags, csv_path, "fold", progress=False)
     assert again["cv_dir"] == summary["cv_dir"]
     assert (cv_dir / "fold-1" / "score.json").stat().st_mtime_ns == stamp
     assert (cv_dir / "fold-2" / "score.json").is_file()

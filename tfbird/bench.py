@@ -166,7 +166,8 @@ def format_cv_section(summary: dict, command: str, backbone: str = "resnet50") -
     return (f"## {cv_title(backbone)}\n\nCommand: `{command}` (one model per held-out fold, scored "
             f"through the exported SavedModel as `analyze` scores recordings; minutes are "
             f"the wall time of ingest, training, export and scoring of each fold on this "
-            f"2-core CPU).\n\n{table.rstrip()}\n")
+            f"2-core CPU; records ingested by an earlier run with the same settings are "
+            f"reused, and their ingest is then not counted).\n\n{table.rstrip()}\n")
 
 
 # --- Embedding: a pretrained backbone's realtime factor on real recordings ------------------

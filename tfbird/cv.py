@@ -88,7 +88,12 @@ def run_cv(cfg: config.Config, data: str | Path, fold_column: str,
     if unknown:
         raise ValueError(f"Not a fold of column {fold_column!r} (its folds: {known}). "
                          f"Received: folds={unknown}")
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, model_selection="last"))
+    # What every fold's training sets anyway, so `cv` and `bench cv` (with or without the
+    # fold flags in the config) share a plan and resume each other's folds.
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, model_selection="last"),
+        data=dataclasses.replace(cfg.data, path=str(data), fold_column=fold_column,
+                                 valid_fold=None, records=""))
     plan = {"data": str(Path(data).absolute()), "fold_column": fold_column, "folds": folds,
             "config": config.to_dict(cfg)}
     cv_dir = Path(out_dir) if out_dir else find_cv_dir(Path(cfg.train.runs_dir), plan)
