@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
+
+from tfbird import config  # noqa: E402  (no TensorFlow: the embedding backbones' names)
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 log = logging.getLogger("tfbird")
@@ -196,6 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(command=run_analyze)
 
+    embed = commands.add_parser(
+        "embed", help="recordings -> per-window embeddings of a pretrained backbone (BirdNET: "
+                      "CC BY-NC-SA 4.0), to search with `tfbird search`")
+    add_config_arguments(embed)
+    embed.add_argument("inputs", nargs="+", help="audio files, folders or .txt lists of paths")
+    embed.add_argument("--backbone", choices=list(config.EMBEDDING_BACKBONES),
+                       help="the embedding model (default: the config's model.backbone, "
+                            "else birdnet)")
+    embed.add_argument("--out", required=True, help="embeddings folder (resumed if it exists)")
+    embed.add_argument("--overlap", type=float, default=0.0,
+                       help="overlap of consecutive windows, in seconds (default 0)")
+    embed.set_defaults(command=run_embed)
+
+    search = commands.add_parser(
+        "search", help="the windows of an embeddings folder most like a query window")
+    search.add_argument("db", help="an embeddings folder from `tfbird embed`")
+    search.add_argument("--query", required=True, help="the recording holding the query")
+    search.add_argument("--start", type=float, default=0.0,
+                        help="start of the query window in it, in seconds (default 0)")
+    search.add_argument("--top-k", type=int, default=10, help="hits to list (default 10)")
+    search.add_argument("--export-clips", metavar="DIR",
+                        help="write each hit as a WAV snippet and review.csv (an empty label "
+                             "column to fill in) into DIR")
+    search.set_defaults(command=run_search)
+
     service = commands.add_parser(
         "data-service", help="run a tf.data service dispatcher or worker for train --data-service")
     role = service.add_mutually_exclusive_group(required=True)
@@ -273,7 +301,6 @@ def layout_overrides(args) -> list[str]:
 
 
 def load_config(args, extra_overrides: list[str] = ()):
-    from tfbird import config
 
     path = resolve_config_path(args.config)
     if path is None and args.config != DEFAULT_CONFIG:
@@ -489,6 +516,32 @@ def run_analyze(args) -> int:
     return 0
 
 
+def run_embed(args) -> int:
+    """``tfbird embed``: per-window embeddings of recordings into a folder ``search`` reads."""
+    from tfbird import search
+
+    model_cfg = load_config(args).model
+    if args.backbone or model_cfg.backbone not in config.EMBEDDING_BACKBONES:
+        model_cfg = dataclasses.replace(model_cfg, backbone=args.backbone or "birdnet")
+    counts = search.embed_recordings(args.inputs, model_cfg, args.out, args.overlap,
+                                     progress=not args.quiet)
+    print(f"Embedded {counts['embedded']} recordings ({counts['windows']} windows) into "
+          f"{args.out}; {counts['skipped']} done before, {counts['failed']} failed"
+          + (f" (see {Path(args.out) / 'errors.csv'})" if counts["failed"] else ""))
+    return 1 if counts["failed"] else 0
+
+
+def run_search(args) -> int:
+    """``tfbird search``: nearest windows to a query, as a table; optionally review clips."""
+    from tfbird import search
+
+    hits = search.search(args.db, args.query, args.start, args.top_k)
+    print(hits.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.export_clips:
+        print(f"Review clips and their table: {search.export_clips(hits, args.export_clips)}")
+    return 0
+
+
 def run_data_service(args) -> int:
     import socket
 
@@ -587,7 +640,6 @@ def run_bench_analyze(args) -> int:
 
 
 def config_of_run(run_dir: Path):
-    from tfbird import config
     from tfbird.training import CONFIG_FILE
 
     return config.load(run_dir / CONFIG_FILE)
