@@ -180,6 +180,22 @@ def test_collect_recordings_from_folders_files_and_lists(tmp_path):
         analyze.collect_recordings([tmp_path / "nope.wav"])
 
 
+@pytest.mark.parametrize("text, what", [
+    ("hello world\nnot a path\n", "a text file whose lines are not paths of audio files"),
+    ("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\n1\tSpectrogram 1\t1\t0\t5\n",
+     "a Raven selection table"),
+    ("0.000\t5.000\tsp00 0.900\n", "an Audacity label track"),
+    ("# nothing listed\n\n", "empty"),
+    ("a.wav\nnotes.md\n", "a text file whose lines are not paths of audio files"),
+])
+def test_a_txt_input_is_a_list_only_when_its_lines_name_audio_files(tmp_path, text, what):
+    (tmp_path / "input.txt").write_text(text)
+    with pytest.raises(ValueError, match="list of recordings only when each line names an "
+                                         "audio file") as error:
+        analyze.collect_recordings([tmp_path / "input.txt"])
+    assert f"this one is {what}" in str(error.value)
+
+
 # --- With a model ---------------------------------------------------------------------------
 
 
@@ -275,6 +291,22 @@ def test_analyze_cli_with_the_run_folder_and_a_species_list(trained_run, tmp_pat
     assert cli.main(["analyze", str(tmp_path / "call.wav"), "--model", str(trained_run),
                      "--species-list", str(tmp_path / "bad.txt"), "--quiet"]) == 2
     assert "unknown=['owl']" in capsys.readouterr().err
+
+
+def test_analyze_exit_status_0_all_good_1_some_failed_2_usage(trained_run, tmp_path, capsys):
+    soundfile.write(tmp_path / "call.wav", tone(6.0, 22050), 22050)
+    (tmp_path / "broken.wav").write_text("not audio")
+    (tmp_path / "junk.txt").write_text("hello\n")
+    analyze_command = ["analyze", "--model", str(trained_run), "--out", str(tmp_path / "out"),
+                       "--quiet"]
+    assert cli.main([*analyze_command, str(tmp_path / "call.wav")]) == 0
+    assert "0 failed" in capsys.readouterr().out
+    assert cli.main([*analyze_command, str(tmp_path / "broken.wav")]) == 1
+    assert "1 failed (see" in capsys.readouterr().out
+    assert cli.main([*analyze_command, str(tmp_path / "broken.wav"),
+                     str(tmp_path / "call.wav")]) == 1
+    assert cli.main([*analyze_command, str(tmp_path / "junk.txt")]) == 2
+    assert "this one is a text file whose lines are not paths" in capsys.readouterr().err
 
 
 SOUNDSCAPE = next((r for r in shared_recordings() if r["local_file"] == "birdnet/soundscape.flac"),

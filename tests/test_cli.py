@@ -41,6 +41,14 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert "file missing" in capsys.readouterr().err
 
 
+def test_export_of_a_folder_that_is_not_a_run_says_what_a_run_holds(tmp_path, capsys):
+    assert cli.main(["export", "--run-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path} is not a run folder: it has no model.keras, "
+                            f"config.yaml, labels.txt. A run folder is what train writes")
+    assert "Config file not found" not in error
+
+
 def test_train_cli_wrote_the_run(trained_run):
     scores = json.loads((trained_run / "metrics.json").read_text())
     assert {"macro_roc_auc", "padded_cmap", "row_f1"} <= set(scores)

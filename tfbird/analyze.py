@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from tfbird import catalog
 from tfbird import detections as detections_lib
 from tfbird import labels as labels_lib
 from tfbird.config import AnalyzeConfig
@@ -55,17 +56,16 @@ CONTRACT_ASSET = "model_config.json"
 def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     """Expands files, folders (recursive) and text files of paths into recordings.
 
-    A ``.txt`` input lists one path per line (relative paths are relative to the list's
-    folder; blank lines and lines starting with ``#`` are ignored). A listed file that does
-    not exist is kept: ``analyze`` reports it in the error log.
+    A ``.txt`` input lists one path per line (``read_recording_list``). A listed file that
+    does not exist is kept: ``analyze`` reports it in the error log.
 
     Returns:
         ``(recording, output_name)`` pairs: the output name is the path below the folder
         given, or the file name for files given one by one.
 
     Raises:
-        ValueError: an input that does not exist, a folder without audio, or two recordings
-            that would write the same outputs.
+        ValueError: an input that does not exist, a folder without audio, a ``.txt`` that
+            is not a list of recordings, or two recordings that would write the same outputs.
     """
     pairs = []
     for item in map(Path, inputs):
@@ -76,10 +76,7 @@ def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
                                  f"Received: input={str(item)!r}")
             pairs += [(path, path.relative_to(item)) for path in files]
         elif item.suffix.lower() == ".txt" and item.is_file():
-            for line in item.read_text().splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    path = item.parent / line.strip()
-                    pairs.append((path, Path(path.name)))
+            pairs += [(path, Path(path.name)) for path in read_recording_list(item)]
         elif item.is_file():
             pairs.append((item, Path(item.name)))
         else:
@@ -90,6 +87,38 @@ def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
         raise ValueError(f"Several recordings would write the same outputs; give their "
                          f"folder instead of the files one by one. Received: {clashes[:5]}")
     return pairs
+
+
+def read_recording_list(path: Path) -> list[Path]:
+    """The recordings a ``.txt`` list names: one path per line, relative paths relative to
+    the list's folder; blank lines and lines starting with ``#`` are ignored.
+
+    Raises:
+        ValueError: a text file that is not such a list: a line that does not name an audio
+            file (``AUDIO_SUFFIXES``), or no line at all. The message says what the file
+            looks like instead (a Raven selection table, an Audacity label track, ...).
+    """
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    not_audio = [line for line in lines if Path(line).suffix.lower() not in AUDIO_SUFFIXES]
+    if not lines or not_audio:
+        raise ValueError(
+            f"A .txt input is read as a list of recordings only when each line names an "
+            f"audio file ({', '.join(AUDIO_SUFFIXES)}); this one is {describe_text(lines)}. "
+            f"Received: input={str(path)!r}, lines={not_audio[:3]}")
+    return [path.parent / line for line in lines]
+
+
+def describe_text(lines: list[str]) -> str:
+    """What a text file that is not a list of recordings looks like, for error messages."""
+    if not lines:
+        return "empty"
+    if "Begin Time (s)" in lines[0].split("\t"):
+        return "a Raven selection table (give the recording it annotates instead)"
+    fields = lines[0].split("\t")
+    if len(fields) == 3 and all(catalog.is_number(field) for field in fields[:2]):
+        return "an Audacity label track"
+    return "a text file whose lines are not paths of audio files"
 
 
 def read_species_list(path: str | Path, labels: list[str]) -> list[str]:

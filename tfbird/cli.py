@@ -28,7 +28,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
 
 DEFAULT_CONFIG = "configs/demo.yaml"
+EXIT_SOME_FAILED = 1  # analyze: some inputs failed (listed in errors.csv).
+EXIT_USAGE = 2  # A bad argument, config or input: the one-line error names it.
 log = logging.getLogger("tfbird")
+ANALYZE_EXIT_STATUS = f"""exit status:
+  0  every input was analysed (or its outputs were up to date)
+  {EXIT_SOME_FAILED}  some inputs failed; OUT/errors.csv names each with the reason
+  {EXIT_USAGE}  usage error: a bad argument, model, threshold file or input list"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.command(args) or 0
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="= train.strategy (multiworker reads the cluster from TF_CONFIG; "
                             "tpu uses train.tpu)")
     train.add_argument("--reingest", action="store_true", help="rewrite existing records")
+    train.add_argument("--overwrite", action="store_true",
+                       help="train from scratch in a --run-dir that holds a finished run "
+                            "(without it, that is refused; a killed run, with backup/, "
+                            "always resumes)")
     train.add_argument("--profile-batch", metavar="START,END",
                        help="= train.profile_batch: trace training batches START..END "
                             "(from 1) with the TensorBoard profiler into RUN/logs")
@@ -163,9 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "run's data set)")
     export.set_defaults(command=run_export)
 
-    analyze = commands.add_parser("analyze", help="recordings -> detections (CSV, Raven, ...)")
+    analyze = commands.add_parser(
+        "analyze", help="recordings -> detections (CSV, Raven, ...)",
+        epilog=ANALYZE_EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     analyze.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="audio files, folders (recursive) or .txt lists of paths")
+                         help="audio files, folders (recursive) or .txt lists of audio "
+                              "paths (one per line)")
     analyze.add_argument("--model", required=True,
                          help="run folder, SavedModel export folder or .tflite file")
     analyze.add_argument("--out", default="analysis", help="output folder")
@@ -267,7 +280,25 @@ def layout_overrides(args) -> list[str]:
               ("data.min_overlap_s", getattr(args, "min_overlap_s", None)),
               ("data.max_failures", getattr(args, "max_failures", None)),
               ("data.store", getattr(args, "store", None)))
+    return set_strings(values)
+
+
+def set_strings(values) -> list[str]:
+    """``--set`` strings ``key=<JSON of value>`` of the ``(key, value)`` pairs whose value
+    is not ``None``. JSON quotes strings, so ``--data 2024`` stays the string ``"2024"`` and
+    ``--records no`` is not read by YAML as ``false``."""
     return [f"{key}={json.dumps(value)}" for key, value in values if value is not None]
+
+
+def parse_profile_batch(text: str | None) -> list[int] | None:
+    """``--profile-batch START,END`` -> ``[START, END]``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"--profile-batch must be START,END (two batch numbers, from 1), "
+                         f"e.g. 2,4. Received: profile_batch={text!r}")
+    return [int(part) for part in parts]
 
 
 def load_config(args, extra_overrides: list[str] = ()):
@@ -369,19 +400,19 @@ def run_train(args) -> int:
     if args.data is not None and records is None:  # Never the config's (the demo's) records.
         records = str(default_records_dir(args.data, args.valid_fold))
         log.info("Records of %s: %s (--records chooses another folder)", args.data, records)
-    overrides = [*layout_overrides(args)] + [f"{key}={value}" for key, value in (
+    overrides = layout_overrides(args) + set_strings((
         ("data.path", args.data), ("data.records", records),
         ("train.epochs", args.epochs), ("model.weights", args.weights),
         ("train.strategy", args.strategy),
-        ("train.profile_batch", args.profile_batch and f"[{args.profile_batch}]"),
+        ("train.profile_batch", parse_profile_batch(args.profile_batch)),
         ("train.deterministic", args.deterministic or None),
-        ("train.data_service", args.data_service)) if value is not None]
+        ("train.data_service", args.data_service)))
     cfg = load_config(args, overrides)
     from tfbird import pipeline
 
     run_dir, scores = pipeline.prepare_and_train(
         cfg, data_given=args.data is not None, run_dir=args.run_dir, reingest=args.reingest,
-        progress=not args.quiet)
+        progress=not args.quiet, overwrite=args.overwrite)
     if not scores:
         print("Worker done; the chief (task index 0) writes the run folder.")
         return 0
@@ -393,8 +424,7 @@ def run_train(args) -> int:
 def run_cv(args) -> int:
     from tfbird import cv
 
-    overrides = layout_overrides(args) + ([f"train.strategy={args.strategy}"]
-                                          if args.strategy else [])
+    overrides = layout_overrides(args) + set_strings((("train.strategy", args.strategy),))
     cfg = load_config(args, overrides)
     summary = cv.run_cv(cfg, args.data, args.fold_column, folds=args.folds, out_dir=args.out,
                         progress=not args.quiet)
@@ -483,7 +513,7 @@ def run_analyze(args) -> int:
         out_dir=args.out, overwrite=args.overwrite).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))
-    return 0
+    return EXIT_SOME_FAILED if summary.failed else 0
 
 
 def run_data_service(args) -> int:
@@ -575,9 +605,9 @@ def run_bench_analyze(args) -> int:
 
 def config_of_run(run_dir: Path):
     from tfbird import config
-    from tfbird.training import CONFIG_FILE
+    from tfbird.training import CONFIG_FILE, check_run_dir
 
-    return config.load(run_dir / CONFIG_FILE)
+    return config.load(check_run_dir(run_dir) / CONFIG_FILE)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from tfbird import config, metrics
 from tfbird import labels as labels_lib
 from tfbird.frontend import build_frontend
 from tfbird.model import embedding_features, framewise_model, has_sed_head, logmel_classifier
-from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE, check_run_dir
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "waveform"
@@ -150,9 +150,7 @@ def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
     Returns:
         Where things were written, and the Keras models they were made from.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / MODEL_FILE).is_file():
-        raise ValueError(f"No {MODEL_FILE} in the run folder. Received: run_dir={str(run_dir)!r}")
+    run_dir = check_run_dir(run_dir)
     check_quantize(quantize, calibration_waveforms)
     cfg = config.load(run_dir / CONFIG_FILE)
     labels = labels_lib.read_labels(run_dir / LABELS_FILE)

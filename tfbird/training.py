@@ -465,8 +465,8 @@ def resume_state(run_dir: Path) -> tuple[int, float | None]:
 
 
 def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | None = None,
-          progress: bool = True,
-          strategy: tf.distribute.Strategy | None = None) -> tuple[Path, dict]:
+          progress: bool = True, strategy: tf.distribute.Strategy | None = None,
+          overwrite: bool = False) -> tuple[Path, dict]:
     """Trains on ``records_dir`` and scores the best checkpoint on the validation split.
 
     Args:
@@ -476,6 +476,8 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
         progress: Keras progress bars.
         strategy: default ``make_strategy(cfg.train)``; pass one made before TensorFlow
             started when other TensorFlow work runs first in this process.
+        overwrite: train from scratch in a ``run_dir`` that holds a finished run
+            (``check_not_finished``; without it, that raises).
 
     Returns:
         ``(run_dir, scores)`` with the scores also in ``run_dir/metrics.json``. A
@@ -501,6 +503,7 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     if chief:
         run_dir = Path(run_dir) if run_dir else make_run_dir(cfg.train.runs_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        check_not_finished(run_dir, overwrite)
         check_resumable(run_dir, cfg)
         config.save(cfg, run_dir / CONFIG_FILE)
         labels_lib.write_labels(labels, run_dir / LABELS_FILE)
@@ -585,6 +588,52 @@ def write_metrics(scores: dict, path: Path) -> None:
     """JSON with ``null`` for an undefined score (NaN: e.g. no class with positives)."""
     plain = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in scores.items()}
     path.write_text(json.dumps(plain, indent=2))
+
+
+RUN_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE)  # What every finished run folder holds.
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a ``Path`` when it is a run folder that ``train`` finished.
+
+    Raises:
+        ValueError: a folder without ``model.keras``, ``config.yaml`` or ``labels.txt``.
+    """
+    run_dir = Path(run_dir)
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"{run_dir} is not a run folder: it has no {', '.join(missing)}. A run folder is "
+            f"what train writes (runs/<timestamp> by default): {', '.join(RUN_FILES)}, "
+            f"{METRICS_FILE}, {TRAINING_LOG_FILE} and checkpoints/. "
+            f"Received: run_dir={str(run_dir)!r}")
+    return run_dir
+
+
+def training_finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a trained model and no backup of an unfinished run."""
+    return ((run_dir / MODEL_FILE).is_file() or (run_dir / METRICS_FILE).is_file()) and not (
+        run_dir / BACKUP_DIR).is_dir()
+
+
+def check_not_finished(run_dir: Path, overwrite: bool = False) -> None:
+    """Refuses to train again in a finished run folder unless ``overwrite``; with it,
+    deletes the finished run's model and scores first. A folder with ``backup/`` (a killed
+    run) is resumed instead, so it always passes.
+
+    Raises:
+        ValueError: a finished run and ``overwrite=False``.
+    """
+    if not training_finished(run_dir):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{run_dir} holds a finished run (its {MODEL_FILE} and {METRICS_FILE}); training "
+            f"again would replace them. Use another --run-dir, or --overwrite to train from "
+            f"scratch in this folder. Received: run_dir={str(run_dir)!r}")
+    log.info("--overwrite: training again in %s, replacing its model and scores", run_dir)
+    for name in (MODEL_FILE, METRICS_FILE, TRAINING_LOG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def check_resumable(run_dir: Path, cfg: config.Config) -> None:
