@@ -1,12 +1,15 @@
 """The command line: features, errors as one line with exit status 2, export, and the demo."""
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 
+import keras
 import librosa
 import numpy as np
 import pytest
@@ -54,12 +57,35 @@ def test_train_cli_wrote_the_run(trained_run):
     assert {"macro_roc_auc", "padded_cmap", "row_f1"} <= set(scores)
 
 
+def saved_groups(keras_file):
+    """Top-level groups of a ``.keras`` file's weights (``layers``, ``optimizer``, ...)."""
+    import h5py
+
+    with zipfile.ZipFile(keras_file) as archive, archive.open("model.weights.h5") as stream:
+        with h5py.File(io.BytesIO(stream.read()), "r") as weights:
+            return sorted(weights)
+
+
+def test_run_folder_models_hold_no_optimizer_state(trained_run):
+    model = keras.models.load_model(trained_run / "model.keras", compile=False)
+    weights_bytes = 4 * sum(int(np.prod(w.shape)) for w in model.weights)  # float32
+    assert weights_bytes > 90e6  # ResNet50: 23.6 M values
+    for path in (trained_run / "model.keras", trained_run / "checkpoints" / "last.keras"):
+        assert "optimizer" not in saved_groups(path)
+        # With AdamW's two moments the file was 3 times the weights (282 MB).
+        assert weights_bytes < path.stat().st_size < 1.02 * weights_bytes, path
+
+
 def test_export_cli_checks_agreement(trained_run, tiny_config_file, tiny_corpus, tmp_path, capsys):
     assert cli.main(["export", "--config", str(tiny_config_file), "--run-dir", str(trained_run),
                      "--model-name", "cli", "--version", "7",
                      "--set", f"export.exports_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert f"SavedModel: {tmp_path / 'cli' / '7'}" in out
+    version_dir = tmp_path / "cli" / "7"
+    size_mb = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file()) / 1e6
+    assert f"SavedModel: {version_dir} ({size_mb:.1f} MB, inference weights only)" in out
+    # ResNet50's 23.6 M float32 weights and a 7-MB graph; 290 MB with AdamW's moments.
+    assert 90 < size_mb < 105
     assert re.search(r"Agreement on 8 5-s windows .* saved_model \d\.\d\de[-+]\d\d", out), out
 
 

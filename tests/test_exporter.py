@@ -44,6 +44,21 @@ def test_tf_serving_layout_and_assets(exported):
     assert exported.tflite_path == version_dir / "model.tflite"
 
 
+def test_saved_model_holds_the_inference_weights_only(exported):
+    variables = tf.train.list_variables(str(exported.saved_model_dir / "variables" / "variables"))
+    assert not [name for name, _ in variables if "optimizer" in name]
+    saved_values = sum(int(np.prod(shape)) for name, shape in variables
+                       if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    model_values = sum(int(np.prod(w.shape)) for w in exported.serving_model.weights)
+    assert saved_values == model_values  # 23.6 M; with AdamW's moments 70.7 M more
+    variables_bytes = sum(p.stat().st_size
+                          for p in (exported.saved_model_dir / "variables").iterdir())
+    assert 4 * model_values < variables_bytes < 1.01 * 4 * model_values
+    graph_bytes = (exported.saved_model_dir / "saved_model.pb").stat().st_size  # 7 MB
+    assert variables_bytes + graph_bytes < exported.saved_model_bytes < (
+        variables_bytes + graph_bytes + 1e5)  # + assets/ and fingerprint.pb, no .tflite
+
+
 def test_next_export_gets_the_next_version(trained_run, exported):
     again = exporter.export_run(trained_run, exports_dir=exported.saved_model_dir.parents[1],
                                 model_name="birds")

@@ -471,7 +471,8 @@ def run_export(args) -> int:
                                  model_name=args.model_name or cfg.export.model_name,
                                  version=args.version, tflite=args.tflite or bool(args.quantize),
                                  quantize=quantize, calibration_waveforms=calibration)
-    print(f"SavedModel: {result.saved_model_dir}")
+    print(f"SavedModel: {result.saved_model_dir} ({result.saved_model_bytes / 1e6:.1f} MB, "
+          f"inference weights only)")
     for path in result.tflite_paths.values():
         print(f"TFLite: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     check_audio = args.check_audio or run_cfg.data.path

@@ -83,7 +83,7 @@ def evaluate_run(run_dir: str | Path, records_dir: str | Path | None = None,
     if list(manifest["labels"]) != list(labels):
         raise ValueError(f"The records' labels differ from the run's labels.txt. "
                          f"Received: records={str(records_dir)!r}")
-    model = keras.models.load_model(run_dir / MODEL_FILE)
+    model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
     y_true, y_score = predict_split(model, records_dir, manifest, split,
                                     batch_size or cfg.train.global_batch_size, cfg.model.task,
                                     cfg.data.secondary_label_weight)

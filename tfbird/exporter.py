@@ -68,6 +68,13 @@ class ExportResult:
     framewise_model: keras.Model | None = None
 
     @property
+    def saved_model_bytes(self) -> int:
+        """Size of the SavedModel on disk: ``saved_model.pb``, ``variables/`` and
+        ``assets/`` (not the TFLite files beside them), in bytes."""
+        return sum(path.stat().st_size for path in self.saved_model_dir.rglob("*")
+                   if path.is_file() and path.suffix != ".tflite")
+
+    @property
     def tflite_path(self) -> Path | None:
         """The float32 TFLite file (or the first variant written), if any."""
         return self.tflite_paths.get("none", next(iter(self.tflite_paths.values()), None))
@@ -85,8 +92,9 @@ def newest_run(runs_dir: str | Path) -> Path:
 def load_classifier(path: str | Path) -> keras.Model:
     """A run's ``model.keras`` as a log-mel classifier. A model with the front end inside
     (``model.frontend_in_model``) gives the classifier within it: the export wraps it in its
-    own front end, the same layer without the training-only augmentation."""
-    return logmel_classifier(keras.models.load_model(path))
+    own front end, the same layer without the training-only augmentation. Loaded
+    uncompiled, so no optimizer state reaches an export."""
+    return logmel_classifier(keras.models.load_model(path, compile=False))
 
 
 def build_serving_model(cfg: config.Config, classifier: keras.Model) -> keras.Model:

@@ -5,12 +5,13 @@ A run folder ``runs/<timestamp>/`` receives:
 - ``config.yaml`` (the resolved config), ``labels.txt`` and ``environment.json`` (git commit
   and package versions);
 - ``checkpoints/last.keras`` (every epoch) and ``model.keras`` (the epoch with the best
-  validation ROC-AUC, or with ``train.model_selection: last`` the final weights);
+  validation ROC-AUC, or with ``train.model_selection: last`` the final weights): the
+  architecture and weights without the optimizer's state (``inference_model``);
 - ``logs/`` for TensorBoard (with the learning rate, a few augmented training inputs as
   images, each class's validation ROC-AUC of ``model.keras`` at the end, and profiler traces
   when ``train.profile_batch`` is set) and ``training_log.csv`` (one row per epoch);
 - ``backup/`` while training runs: ``keras.callbacks.BackupAndRestore`` state at the end of
-  each epoch. Rerunning the same command with the same run folder after a crash continues
+  each epoch, the only checkpoint with the optimizer's state. Rerunning the same command with the same run folder after a crash continues
   from the last finished epoch; the folder is deleted when training ends;
 - ``metrics.json``: ``macro_roc_auc``, ``padded_cmap`` and ``row_f1`` of ``model.keras`` on
   the validation split (and ``top1_accuracy`` for ``model.task: multiclass``).
@@ -558,11 +559,11 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
         shutil.rmtree(output_dir, ignore_errors=True)
         return run_dir and Path(run_dir), {}
     if cfg.train.model_selection == "last":
-        model.save(run_dir / MODEL_FILE)
+        inference_model(model).save(run_dir / MODEL_FILE)
     elif not (run_dir / MODEL_FILE).is_file():  # val_roc_auc never defined (no positives).
         log.warning("No epoch had a validation ROC-AUC; keeping the last epoch's model.")
-        model.save(run_dir / MODEL_FILE)
-    best = keras.models.load_model(run_dir / MODEL_FILE)
+        inference_model(model).save(run_dir / MODEL_FILE)
+    best = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
     scores = evaluate(best, records_dir, manifest, cfg.train.global_batch_size,
                       task=cfg.model.task,
                       secondary_label_weight=cfg.data.secondary_label_weight,
@@ -650,6 +651,22 @@ def check_resumable(run_dir: Path, cfg: config.Config) -> None:
             f"same settings, or use another --run-dir. Received: changed={changed}")
 
 
+def inference_model(model: keras.Model) -> keras.Model:
+    """The same layers and weights as ``model``, uncompiled: saving it writes the
+    architecture and weights without the optimizer's state (AdamW's two moments would make
+    the file three times as large). Resuming reads ``BackupAndRestore``'s backup, the one
+    checkpoint that keeps the optimizer."""
+    return keras.Model(model.input, model.output, name=model.name)
+
+
+class InferenceCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that saves ``inference_model`` of the trained model (no
+    optimizer state); which epochs it saves is unchanged."""
+
+    def set_model(self, model):
+        super().set_model(inference_model(model))
+
+
 def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.TrainConfig(),
                        resumed: bool = False, best_score: float | None = None,
                        backup_dir: Path | None = None,
@@ -666,9 +683,9 @@ def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.Tra
         delete_backup: delete the backup when ``fit`` ends (all but the last phase keep it).
     """
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    callbacks = [keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras")]
+    callbacks = [InferenceCheckpoint(run_dir / "checkpoints" / "last.keras")]
     if train_cfg.model_selection == "best":  # "last": train() saves the final weights.
-        callbacks.append(keras.callbacks.ModelCheckpoint(
+        callbacks.append(InferenceCheckpoint(
             run_dir / MODEL_FILE, monitor="val_roc_auc", mode="max", save_best_only=True,
             initial_value_threshold=best_score))
     callbacks += [
