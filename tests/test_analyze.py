@@ -359,7 +359,7 @@ def test_worker_threads_share_the_cores_unless_given(monkeypatch):
 
 
 def test_tflite_interpreter_uses_every_core_unless_limited(monkeypatch):
-    import tensorflow as tf
+    from ai_edge_litert import interpreter
 
     asked = []
 
@@ -370,7 +370,7 @@ def test_tflite_interpreter_uses_every_core_unless_limited(monkeypatch):
         def get_signature_runner(self, name):
             return None
 
-    monkeypatch.setattr(tf.lite, "Interpreter", FakeInterpreter)
+    monkeypatch.setattr(interpreter, "Interpreter", FakeInterpreter)
     monkeypatch.setattr(analyze.os, "cpu_count", lambda: 6)
     info = analyze.ModelInfo(analyze.Path("m.tflite"), "tflite", ("a",), 32000, 160000,
                              (0.0, 16000.0), modified_time=0.0)

@@ -309,15 +309,15 @@ def load_predictor(info: ModelInfo, num_threads: int | None = None
 
     The outputs are those of the ``serving_default`` signature: ``probabilities [n,
     classes]``, and ``framewise [n, frames, classes]`` for a run or SavedModel with the
-    ``sed`` head (the TFLite file has probabilities only). ``num_threads`` limits a TFLite
-    interpreter's threads; by default it uses every core, as TensorFlow does (the
+    ``sed`` head (the TFLite file has probabilities only, run by the LiteRT interpreter,
+    ``ai-edge-litert``). ``num_threads`` limits the interpreter's threads; by default it uses every core, as TensorFlow does (the
     interpreter's own default is one thread).
     """
-    if info.kind == "tflite":
-        import tensorflow as tf
+    if info.kind == "tflite":  # LiteRT: TensorFlow is not even imported.
+        from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = tf.lite.Interpreter(model_path=str(info.path),
-                                          num_threads=num_threads or os.cpu_count())
+        interpreter = Interpreter(model_path=str(info.path),
+                                  num_threads=num_threads or os.cpu_count())
         runner = interpreter.get_signature_runner("serving_default")
         return lambda waveforms: {PROBABILITIES: next(iter(runner(waveform=waveforms).values()))}
     if info.kind == "saved_model":

@@ -25,12 +25,14 @@ import importlib.util
 import io
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from tfbird import config, metrics
 from tfbird import labels as labels_lib
@@ -358,15 +360,17 @@ def quantize_int8(converter: tf.lite.TFLiteConverter, calibration_waveforms: np.
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative_dataset)
-    names = [tensor["name"] for tensor in tf.lite.Interpreter(
-        model_content=debugger.calibrated_model).get_tensor_details()]
-    keep_float = sorted({name for name in names
-                         if any(f"/{layer}" in name for layer in INT8_FLOAT_LAYERS)})
-    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=keep_float)
-    return debugger.get_nondebug_quantized_model()
+    with warnings.catch_warnings():  # The debugger runs TensorFlow's own interpreter.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative_dataset)
+        names = [tensor["name"] for tensor in Interpreter(
+            model_content=debugger.calibrated_model).get_tensor_details()]
+        keep_float = sorted({name for name in names
+                             if any(f"/{layer}" in name for layer in INT8_FLOAT_LAYERS)})
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=keep_float)
+        return debugger.get_nondebug_quantized_model()
 
 
 # --- Running the exported artifacts (used by the agreement check and tests) -----------------
@@ -381,9 +385,10 @@ def run_tflite(tflite_path: Path, waveforms: np.ndarray) -> np.ndarray:
     """Runs the TFLite model on a batch of any size (the batch dimension is dynamic).
 
     Its signature is ``serving_default`` with input ``waveform``; the converter names the
-    single output ``output_0``.
+    single output ``output_0``. Runs on LiteRT (``ai-edge-litert``), TensorFlow's
+    successor to ``tf.lite.Interpreter``.
     """
-    interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
+    interpreter = Interpreter(model_path=str(tflite_path))
     runner = interpreter.get_signature_runner(SIGNATURE)
     (probabilities,) = runner(**{INPUT_NAME: np.asarray(waveforms, np.float32)}).values()
     return probabilities
