@@ -253,6 +253,43 @@ def test_resume_skips_finished_files_and_bad_files_go_to_the_error_log(saved_mod
     assert (third.analysed, third.skipped) == (1, 1)
 
 
+def test_birdnet_tables_and_combined_tables_with_the_data_set_names(saved_model_dir, tmp_path):
+    species = pd.read_csv(saved_model_dir / "assets" / "species.csv")
+    assert species.values.tolist() == [["sp00", "Avis synthetica 00", "Synthetic bird 00"],
+                                       ["sp01", "Avis synthetica 01", "Synthetic bird 01"]]
+    audio = tmp_path / "site"
+    audio.mkdir()
+    soundfile.write(audio / "a.wav", tone(7.0, 16000), 16000)
+    soundfile.write(audio / "b.wav", tone(6.0, 32000), 32000)
+    (audio / "broken.wav").write_text("not audio")
+    formats = ("raven", "birdnet_csv", "kaleidoscope")
+    cfg = AnalyzeConfig(min_conf=0.0, top_n=1, overlap_s=1.0, formats=formats, combine=True,
+                        out_dir=str(tmp_path / "out"))
+    summary = analyze.analyze([audio], saved_model_dir, cfg, progress=False)
+    assert (summary.analysed, summary.failed) == (2, 1)
+    raven_a = pd.read_csv(tmp_path / "out" / "a.wav.selection.table.txt", sep="\t")
+    assert set(raven_a["Common Name"]) <= {"Synthetic bird 00", "Synthetic bird 01"}
+    assert set(raven_a["High Freq (Hz)"]) == {8000.0}  # a.wav's Nyquist, below the model's 16 kHz
+    combined = pd.read_csv(tmp_path / "out" / "combined.selection.table.txt", sep="\t")
+    assert list(combined.columns) == detections.RAVEN_COLUMNS
+    assert combined["Selection"].tolist() == list(range(1, len(combined) + 1))
+    assert combined["Begin Path"].tolist() == [str(audio / "a.wav")] * 2 + [str(audio / "b.wav")] * 2
+    # b.wav's selections follow a.wav's 7 s in the sequence; File Offset stays in b.wav.
+    assert combined["Begin Time (s)"].tolist() == [0.0, 2.0, 7.0, 8.0]
+    assert combined["File Offset (s)"].tolist() == [0.0, 2.0, 0.0, 1.0]
+    assert combined["High Freq (Hz)"].tolist() == [8000.0, 8000.0, 16000.0, 16000.0]
+    # What BirdNET's segments command cuts: Begin Path from File Offset for the box length.
+    lengths = combined["End Time (s)"] - combined["Begin Time (s)"]
+    durations = combined["Begin Path"].map(lambda p: soundfile.info(p).duration)
+    assert (combined["File Offset (s)"] + lengths <= durations + 1e-3).all()
+    birdnet = pd.read_csv(tmp_path / "out" / "combined.birdnet.csv")
+    assert list(birdnet.columns) == detections.BIRDNET_CSV_COLUMNS and len(birdnet) == 4
+    kaleidoscope = pd.read_csv(tmp_path / "out" / "combined.kaleidoscope.csv")
+    assert kaleidoscope["IN FILE"].tolist() == ["a.wav", "a.wav", "b.wav", "b.wav"]
+    assert set(kaleidoscope["FOLDER"]) == {"site"} and set(kaleidoscope["overlap"]) == {1.0}
+    assert not (tmp_path / "out" / "detections.csv").exists()  # csv not asked for
+
+
 def test_analysis_outputs_agree_with_the_saved_model(saved_model_dir, tmp_path):
     sample_rate_hz = 32000
     waveform = np.random.default_rng(0).normal(scale=0.1, size=12 * sample_rate_hz)

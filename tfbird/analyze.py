@@ -38,7 +38,7 @@ from tfbird import catalog
 from tfbird import detections as detections_lib
 from tfbird import labels as labels_lib
 from tfbird.config import AnalyzeConfig
-from tfbird.waveform import AudioDecodeError, CountedBlocks, stream_waveform
+from tfbird.waveform import AudioDecodeError, CountedBlocks, open_sound, stream_waveform
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 PROBABILITIES = "probabilities"  # The serving_default outputs (exporter.OUTPUT_NAME, ...).
@@ -48,6 +48,7 @@ COMBINED_CSV = "detections.csv"
 ASSETS = "assets"
 LABELS_ASSET = "labels.txt"
 CONTRACT_ASSET = "model_config.json"
+SPECIES_ASSET = "species.csv"  # label,scientific_name,common_name (exporter.write_species)
 
 
 # --- Inputs ------------------------------------------------------------------------------
@@ -245,6 +246,8 @@ class ModelInfo:
         window_samples: samples per model input window.
         band_hz: ``(fmin, fmax)`` of the model's front end, in Hz (Raven frequency box).
         modified_time: newest modification time of the model's files (for resuming).
+        species: ``(scientific name, common name)`` of each label, in label order
+            (``catalog.label_names``); ``()`` gives each label as its own names.
     """
 
     path: Path
@@ -254,6 +257,13 @@ class ModelInfo:
     window_samples: int
     band_hz: tuple[float, float]
     modified_time: float
+    species: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def names(self) -> dict[str, tuple[str, str]]:
+        """``{label: (scientific name, common name)}`` for the output tables."""
+        return dict(zip(self.labels, self.species)) or {
+            label: catalog.label_names(label) for label in self.labels}
 
     @property
     def window_s(self) -> float:
@@ -276,10 +286,11 @@ def read_model_info(path: str | Path) -> ModelInfo:
         kind, contract_dir, model_file = "saved_model", path / ASSETS, path / "saved_model.pb"
     elif (path / MODEL_FILE).is_file():
         cfg = config.load(path / CONFIG_FILE)
-        return ModelInfo(path, "run", tuple(labels_lib.read_labels(path / LABELS_FILE)),
-                         cfg.audio.sample_rate_hz, cfg.audio.window_samples,
-                         (cfg.frontend.fmin_hz, cfg.frontend.fmax_hz),
-                         (path / MODEL_FILE).stat().st_mtime)
+        labels = tuple(labels_lib.read_labels(path / LABELS_FILE))
+        return ModelInfo(path, "run", labels, cfg.audio.sample_rate_hz,
+                         cfg.audio.window_samples, (cfg.frontend.fmin_hz, cfg.frontend.fmax_hz),
+                         (path / MODEL_FILE).stat().st_mtime,
+                         species_of(labels, catalog.species_names(cfg.data.path)))
     else:
         raise ValueError("--model must be a run folder (model.keras), a SavedModel export "
                          "folder (saved_model.pb) or a .tflite file. "
@@ -299,7 +310,23 @@ def info_from_assets(path: Path, kind: str, assets_dir: Path, modified_time: flo
     frontend = contract["frontend"]
     return ModelInfo(path, kind, labels, int(contract["audio"]["sample_rate_hz"]),
                      int(contract["window_samples"]),
-                     (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time)
+                     (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time,
+                     species_of(labels, read_species_asset(assets_dir / SPECIES_ASSET)))
+
+
+def species_of(labels: tuple[str, ...], names: dict[str, tuple[str, str]]
+               ) -> tuple[tuple[str, str], ...]:
+    """``ModelInfo.species``: each label's ``catalog.label_names``."""
+    return tuple(catalog.label_names(label, names) for label in labels)
+
+
+def read_species_asset(path: Path) -> dict[str, tuple[str, str]]:
+    """``{label: (scientific, common)}`` of an export's ``species.csv``; ``{}`` without one
+    (exports made before it existed)."""
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, keep_default_na=False, dtype=str)
+    return {row.label: (row.scientific_name, row.common_name) for row in table.itertuples()}
 
 
 @functools.lru_cache(maxsize=2)
@@ -441,8 +468,9 @@ def analyze_file(path: Path, stem: Path, info: ModelInfo, cfg: AnalyzeConfig,
     except Exception as error:  # One bad recording must not stop a long run.
         return FileResult(str(path), error=f"unreadable: {type(error).__name__}: {error}")
     rows = detect(scored, info, cfg, str(path), keep_labels)
-    detections_lib.write_outputs(rows, paths, str(path), scored.duration_s, info.band_hz,
-                                 str(info.path))
+    detections_lib.write_outputs(rows, paths, str(path), scored.duration_s,
+                                 recording_band_hz(path, info.band_hz), str(info.path),
+                                 info.names, cfg.overlap_s)
     return FileResult(str(path), scored.duration_s, len(rows))
 
 
@@ -513,6 +541,8 @@ def analyze(inputs: Iterable[str | Path], model_path: str | Path, cfg: AnalyzeCo
         combined = out_dir / COMBINED_CSV
         combine_csvs([detections_lib.output_paths(stem, ("csv",))["csv"]
                       for _, stem in recordings], combined)
+    if cfg.combine:
+        combine_tables(recordings, cfg.formats, out_dir)
     analysed = [r for r in results if not r.skipped and not r.error]
     return AnalysisSummary(len(analysed), sum(r.skipped for r in results), len(failures),
                            sum(r.duration_s for r in analysed), wall_s, errors_path, combined)
@@ -606,6 +636,51 @@ def combine_csvs(paths: list[Path], out_path: Path) -> None:
     tables = [pd.read_csv(p) for p in paths if p.is_file()]
     table = pd.concat(tables, ignore_index=True) if tables else detections_lib.empty_detections()
     detections_lib.write_atomically(out_path, table.to_csv(index=False, float_format="%.4f"))
+
+
+def combine_tables(recordings: list[tuple[Path, Path]], formats: tuple[str, ...],
+                   out_dir: Path) -> list[Path]:
+    """``--combine``: one ``combined<suffix>`` table over all recordings for each table
+    format but ``csv`` (which has ``detections.csv``), in the order of ``recordings``.
+
+    As BirdNET-Analyzer's combined selection table, the Raven one numbers its selections
+    1..n and places each recording after the previous ones: ``Begin Time (s)`` and ``End
+    Time (s)`` are shifted by the durations of the recordings before it, while ``Begin
+    Path`` and ``File Offset (s)`` still point into each recording.
+    """
+    written = []
+    for name in [f for f in formats if f in detections_lib.TABLE_FORMATS and f != "csv"]:
+        tables, offset_s = [], 0.0
+        for path, stem in recordings:
+            table_path = detections_lib.output_paths(stem, (name,))[name]
+            if not table_path.is_file():  # A recording that failed.
+                continue
+            table = detections_lib.read_table(name, table_path)
+            if name == "raven":
+                table[["Begin Time (s)", "End Time (s)"]] += offset_s
+                offset_s += recording_duration_s(path)
+            tables.append(table)
+        combined = (pd.concat(tables, ignore_index=True) if tables else
+                    detections_lib.format_table(name, detections_lib.empty_detections()))
+        if name == "raven":
+            combined["Selection"] = np.arange(1, len(combined) + 1)
+        out_path = out_dir / f"combined{detections_lib.OUTPUT_SUFFIXES[name]}"
+        detections_lib.write_atomically(out_path, detections_lib.table_bytes(name, combined))
+        written.append(out_path)
+    return written
+
+
+def recording_band_hz(path: Path, band_hz: tuple[float, float]) -> tuple[float, float]:
+    """The Raven frequency box of a recording: the model's band, its top clipped to the
+    recording's Nyquist frequency (a 16-kHz recording holds nothing above 8 kHz)."""
+    with open_sound(path) as sound:
+        return band_hz[0], min(band_hz[1], sound.samplerate / 2)
+
+
+def recording_duration_s(path: Path) -> float:
+    """Length of a recording, in seconds, from its header."""
+    with open_sound(path) as sound:
+        return sound.frames / sound.samplerate
 
 
 def format_summary(summary: AnalysisSummary) -> str:

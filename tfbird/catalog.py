@@ -363,6 +363,49 @@ def cornell_codes_by_name(metadata: pd.DataFrame) -> dict[str, str]:
     return codes
 
 
+# The (label, scientific name, common name) columns of the files that name species.
+SPECIES_NAME_COLUMNS = {TAXONOMY_CSV: ("primary_label", "scientific_name", "common_name"),
+                        BIRDCLEF_METADATA: ("primary_label", "scientific_name", "common_name"),
+                        TRAIN_CSV: ("ebird_code", "sci_name", "species")}
+
+
+def species_names(data: str | Path) -> dict[str, tuple[str, str]]:
+    """``{label: (scientific name, common name)}`` from the data set's taxonomy, if any.
+
+    Read from BirdCLEF 2025's ``taxonomy.csv``, BirdCLEF 2021-2024's ``train_metadata.csv``
+    or Cornell's ``train.csv`` (``ebird_code``, ``sci_name``, ``species``), whichever of them
+    sits in the data set folder (or beside its CSV) with those columns; ``{}`` for other
+    data sets or a data set that is not on disk. Labels without names fall back to
+    ``label_names``.
+    """
+    data = Path(data)
+    folder = data.parent if data.is_file() else data
+    for name, columns in SPECIES_NAME_COLUMNS.items():
+        path = folder / name
+        if not path.is_file() or not set(columns) <= set(pd.read_csv(path, nrows=0).columns):
+            continue
+        table = pd.read_csv(path, usecols=list(columns), keep_default_na=False, dtype=str)
+        table = table.apply(lambda column: column.str.strip()).drop_duplicates(columns[0])
+        return {label: (scientific, common) for label, scientific, common
+                in table[list(columns)].itertuples(index=False) if label}
+    return {}
+
+
+def label_names(label: str, names: dict[str, tuple[str, str]] | None = None
+                ) -> tuple[str, str]:
+    """``(scientific name, common name)`` of a label: from ``names`` (``species_names``),
+    else split from a BirdNET label ``Scientific name_Common name``, else the label twice.
+
+    Example:
+        >>> label_names("Turdus merula_Eurasian Blackbird")
+        ('Turdus merula', 'Eurasian Blackbird')
+    """
+    if names and label in names:
+        return names[label]
+    scientific, sep, common = label.partition("_")
+    return (scientific, common) if sep and scientific and common else (label, label)
+
+
 def labels_of_folder(name: str) -> list[str]:
     """Labels of a class folder: ``"a,b"`` -> ``["a", "b"]``; negatives and non-event -> ``[]``."""
     if name.startswith("-") or name.strip().lower() in NON_EVENT_FOLDERS:

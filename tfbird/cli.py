@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfbird.config import ANALYZE_FORMATS
+
     parser = argparse.ArgumentParser(prog="tfbird", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -183,7 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run folder, SavedModel export folder or .tflite file")
     analyze.add_argument("--out", default="analysis", help="output folder")
     analyze.add_argument("--format", dest="formats", nargs="+", default=["csv"],
-                         choices=["csv", "raven", "audacity", "json"], help="outputs per file")
+                         choices=ANALYZE_FORMATS,
+                         help="outputs per recording: csv (tfbird's: file,start_s,end_s,label,"
+                              "confidence), raven, birdnet_csv and kaleidoscope (BirdNET-"
+                              "Analyzer's tables, column for column), parquet (needs pyarrow), "
+                              "audacity (label track), json (default: csv)")
+    analyze.add_argument("--combine", action="store_true",
+                         help="also write one table over all recordings per table format "
+                              "(OUT/combined.selection.table.txt, ...); csv always has "
+                              "OUT/detections.csv")
     analyze.add_argument("--overlap", type=float, default=0.0, help="window overlap (s)")
     analyze.add_argument("--min-conf", type=float, default=0.1,
                          help="smallest probability (for classes missing from --thresholds)")
@@ -511,7 +521,7 @@ def run_analyze(args) -> int:
         formats=tuple(dict.fromkeys(args.formats)), batch_size=args.batch_size,
         jobs=args.jobs, threads_per_job=args.threads_per_job,
         dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
-        out_dir=args.out, overwrite=args.overwrite).validate()
+        out_dir=args.out, overwrite=args.overwrite, combine=args.combine).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))
     return EXIT_SOME_FAILED if summary.failed else 0

@@ -9,6 +9,7 @@ Serving expects::
                                    variables/
                                    assets/labels.txt         one label per line, index order
                                    assets/model_config.json  sample rate, window, front end
+                                   assets/species.csv        scientific and common names
                                    model.tflite              with --tflite
 
 Example:
@@ -34,7 +35,7 @@ import pandas as pd
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from tfbird import config, metrics
+from tfbird import catalog, config, metrics
 from tfbird import labels as labels_lib
 from tfbird.frontend import build_frontend
 from tfbird.model import embedding_features, framewise_model, has_sed_head, logmel_classifier
@@ -234,6 +235,8 @@ def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
         labels_lib.write_labels(labels, labels_path)
         config_path = Path(staging) / "model_config.json"
         config_path.write_text(json.dumps(model_contract(cfg, labels), indent=2))
+        species_path = Path(staging) / "species.csv"
+        write_species(labels, catalog.species_names(cfg.data.path), species_path)
 
         module = tf.Module()
         module.model = model
@@ -241,6 +244,7 @@ def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
         module.framewise_model = framewise
         module.labels_file = tf.saved_model.Asset(str(labels_path))
         module.config_file = tf.saved_model.Asset(str(config_path))
+        module.species_file = tf.saved_model.Asset(str(species_path))
         signatures = {
             SIGNATURE: serving_function(model, cfg.audio.window_samples, framewise=framewise),
             EMBED_SIGNATURE: serving_function(embedding_model, cfg.audio.window_samples,
@@ -248,6 +252,14 @@ def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
             LABELS_SIGNATURE: labels_function(labels),
         }
         tf.saved_model.save(module, str(version_dir), signatures=signatures)
+
+
+def write_species(labels: list[str], names: dict[str, tuple[str, str]], path: Path) -> None:
+    """``assets/species.csv``: ``label,scientific_name,common_name`` of each label, from the
+    data set's taxonomy (``catalog.species_names``) or ``catalog.label_names``; ``analyze``
+    writes these names into BirdNET's tables."""
+    pd.DataFrame([(label, *catalog.label_names(label, names)) for label in labels],
+                 columns=["label", "scientific_name", "common_name"]).to_csv(path, index=False)
 
 
 def model_contract(cfg: config.Config, labels: list[str]) -> dict:
