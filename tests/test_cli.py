@@ -35,6 +35,22 @@ def test_features_writes_the_whole_recording_logmel(tmp_path):
     assert np.abs(logmel - reference).max() < 0.05
 
 
+def test_commands_hide_tensorflow_start_up_lines_and_the_library_does_not(tmp_path):
+    soundfile.write(tmp_path / "call.wav", np.zeros(16000), 16000)
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(REPO)
+    command = subprocess.run(
+        [sys.executable, "-m", "tfbird", "features", str(tmp_path / "call.wav"), "--out",
+         str(tmp_path / "call.npy")], env=env, capture_output=True, text=True, check=True)
+    assert command.stdout.startswith("Log-mel 101 frames x 128 mels")  # 1 s at 32 kHz
+    assert command.stderr == ""  # no "I0000 ... oneDNN", "E0000 ... cuInit", absl lines
+    library = subprocess.run(
+        [sys.executable, "-c", "import os, tfbird.cli, tfbird.analyze; "
+                               "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"],
+        env=env, capture_output=True, text=True, check=True)
+    assert library.stdout.strip() == "None"
+
+
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert cli.main(["ingest", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "error: Data path does not exist" in capsys.readouterr().err

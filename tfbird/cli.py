@@ -25,7 +25,6 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 EXIT_SOME_FAILED = 1  # analyze: some inputs failed (listed in errors.csv).
@@ -40,6 +39,7 @@ ANALYZE_EXIT_STATUS = f"""exit status:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # SavedModel renaming chatter.
@@ -48,6 +48,39 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def quiet_tensorflow() -> None:
+    """Hides TensorFlow's C++ start-up lines, for the command line only (library users keep
+    TensorFlow's own settings).
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` (unless set) hides its C++ log lines, such as ``E0000 ...
+    failed call to cuInit ... (303)`` on a machine without a GPU and ``oneDNN supports DT_BOOL
+    only on platforms with AVX-512``: none is a failure, and real errors still reach Python
+    as exceptions. The lines printed while its libraries load come before any log level
+    applies (``WARNING: All log messages before absl::InitializeLog()``, ``oneDNN custom
+    operations are on``, ``Could not find cuda drivers``), so TensorFlow is imported with
+    the process's stderr sent to a temporary file, printed only if the import fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved_stderr, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
