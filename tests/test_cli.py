@@ -51,6 +51,21 @@ def test_commands_hide_tensorflow_start_up_lines_and_the_library_does_not(tmp_pa
     assert library.stdout.strip() == "None"
 
 
+def test_help_is_written_for_users_with_examples(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "Train bird-sound classifiers on your recordings" in text
+    assert "parse arguments" not in text and "library function" not in text
+    assert "python -m tfbird analyze recordings/ --model exports/tfbird/1 --out" in text
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for layout in ("birdclef", "birdclef2025", "cornell", "folders", "raven", "csv"):
+        assert f"{layout} (" in text, layout
+    assert "default with --data: records/<data set name>[-fold<K>]" in text
+
+
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert cli.main(["ingest", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "error: Data path does not exist" in capsys.readouterr().err

@@ -30,6 +30,25 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 EXIT_SOME_FAILED = 1  # analyze: some inputs failed (listed in errors.csv).
 EXIT_USAGE = 2  # A bad argument, config or input: the one-line error names it.
 log = logging.getLogger("tfbird")
+DESCRIPTION = """Train bird-sound classifiers on your recordings and find the species in long
+recordings: tfbird turns recordings into log-mel records, trains a ResNet50, exports it for
+TF Serving and TFLite, and writes detection tables (CSV, BirdNET's Raven, CSV and
+Kaleidoscope tables, Audacity labels)."""
+EXAMPLES = """common commands:
+  python train.py                          train the demo (synthetic species) end to end
+  python train.py --data my_birds --config small
+                                           train on a folder per species (my_birds/<species>/*.wav)
+  python -m tfbird evaluate --run-dir runs/<timestamp>
+                                           score a run: metrics, per-class table, thresholds
+  python export.py --run-dir runs/<timestamp> --tflite
+                                           write exports/tfbird/<version>/ (SavedModel + TFLite)
+  python -m tfbird analyze recordings/ --model exports/tfbird/1 --out detections --format raven
+                                           detect species in long recordings
+  python -m tfbird eda --data my_birds --out eda/my_birds
+                                           look at a data set before training
+
+Run "python -m tfbird COMMAND --help" for a command's options. Errors are one line naming the
+value at fault, with exit status 2."""
 ANALYZE_EXIT_STATUS = f"""exit status:
   0  every input was analysed (or its outputs were up to date)
   {EXIT_SOME_FAILED}  some inputs failed; OUT/errors.csv names each with the reason
@@ -86,7 +105,8 @@ def quiet_tensorflow() -> None:
 def build_parser() -> argparse.ArgumentParser:
     from tfbird.config import ANALYZE_FORMATS
 
-    parser = argparse.ArgumentParser(prog="tfbird", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tfbird", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     synth = commands.add_parser("synth", help="write the synthetic bird-call corpus")
@@ -130,12 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--out", required=True, help="output .npy: float32 [frames, mels]")
     features.set_defaults(command=run_features)
 
-    train = commands.add_parser("train", help="ingest if needed, train, score")
+    train = commands.add_parser(
+        "train", help="ingest if needed, train, score",
+        description="Ingests the data set into records when they are missing or stale, "
+                    "trains, and scores the best epoch on the validation split. The data set's "
+                    "layout is detected from its files (see --layout). Rerunning the command with the same --run-dir resumes a killed run; "
+                    "a finished one needs --overwrite.")
     add_config_arguments(train)
-    train.add_argument("--data", help="data set (default: data.path of the config; the demo "
-                                      "config synthesises it when missing)")
-    train.add_argument("--records", help="records folder (default: data.records; with --data, "
-                                         "records/<data set name>[-fold<K>])")
+    train.add_argument("--data", help="data set folder or CSV (default: data.path of the "
+                                      "config; the demo config synthesises it when missing)")
+    train.add_argument("--records", help="records folder (default with --data: records/<data "
+                                         "set name>[-fold<K>], never the demo's; without "
+                                         "--data: data.records of the config, records/demo)")
+    add_layout_arguments(train)
     add_fold_arguments(train)
     train.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
     train.add_argument("--epochs", type=int, help="= --set train.epochs=N")
@@ -298,11 +325,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+LAYOUTS_HELP = ("birdclef (train_metadata.csv + train_audio/), birdclef2025 (train.csv + "
+                "taxonomy.csv), cornell (train.csv with ebird_code), folders "
+                "(ROOT/<label>/*.wav), raven (Raven selection tables beside the audio), csv "
+                "(filename,label)")
+
+
 def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
     from tfbird.config import DATA_LAYOUTS
 
     parser.add_argument("--layout", choices=DATA_LAYOUTS,
-                        help="= data.layout (default auto: detected from the files)")
+                        help="= data.layout (default auto: detected from the files): "
+                             + LAYOUTS_HELP)
     parser.add_argument("--label-column", help="= data.label_column: label column of Raven "
                                                "selection tables (default Species)")
 
