@@ -152,8 +152,8 @@ def detect_layout(path: str | Path) -> str:
 
     Checked in this order: ``train_metadata.csv`` (birdclef); ``train.csv`` with
     ``ebird_code`` (cornell), or with ``primary_label`` and a ``taxonomy.csv`` beside it
-    (birdclef2025); any ``*.selections.txt`` below (raven); sub-folders holding audio
-    (folders). A CSV file is cornell, birdclef2025, birdclef or csv by its columns.
+    (birdclef2025); ``*.selections.txt`` tables beside most of the audio (raven; see
+    ``layout_of_annotated_folder``); sub-folders holding audio (folders). A CSV file is cornell, birdclef2025, birdclef or csv by its columns.
 
     Raises:
         ValueError: none of these match.
@@ -168,14 +168,40 @@ def detect_layout(path: str | Path) -> str:
             return "birdclef"
         if (path / TRAIN_CSV).is_file():
             return layout_of_csv(path / TRAIN_CSV)
+        has_class_folders = any(child.is_dir() and audio_files_under(child)
+                                for child in path.iterdir())
         if next(path.rglob("*" + RAVEN_SUFFIX), None) is not None:
-            return "raven"
-        if any(child.is_dir() and audio_files_under(child) for child in path.iterdir()):
+            layout = layout_of_annotated_folder(path, has_class_folders)
+            if layout:
+                return layout
+        elif has_class_folders:
             return "folders"
     raise ValueError(
         f"No known data layout: expected a folder with {BIRDCLEF_METADATA}, {TRAIN_CSV}, "
         f"Raven *{RAVEN_SUFFIX} tables or class folders of audio, or a .csv file with "
         f"filename,label columns. Received: data={str(path)!r}")
+
+
+def layout_of_annotated_folder(path: Path, has_class_folders: bool) -> str:
+    """``raven`` when most of the audio under ``path`` has a Raven selection table beside
+    it; else ``folders`` when the audio sits in class folders (the few tables are notes).
+
+    Raises:
+        ValueError: a minority of the recordings annotated and no class folders: the
+            choice is the user's (``--layout raven`` reads only the annotated ones).
+    """
+    audio = audio_files_under(path)
+    annotated = {raven_audio_path(table) for table in path.rglob("*" + RAVEN_SUFFIX)} - {None}
+    if 2 * len(annotated) > len(audio):
+        return "raven"
+    if has_class_folders:
+        log.info("Layout folders: %d of %d recordings have a Raven selection table; "
+                 "--layout raven would read only those.", len(annotated), len(audio))
+        return "folders"
+    raise ValueError(
+        f"Only {len(annotated)} of {len(audio)} recordings have a Raven selection table "
+        f"(*{RAVEN_SUFFIX}) and they sit in no class folders: give --layout raven to train "
+        f"on the annotated recordings only, or another --layout. Received: data={str(path)!r}")
 
 
 def layout_of_csv(csv_path: Path) -> str:
