@@ -180,6 +180,22 @@ def test_collect_recordings_from_folders_files_and_lists(tmp_path):
         analyze.collect_recordings([tmp_path / "nope.wav"])
 
 
+@pytest.mark.parametrize("text, what", [
+    ("hello world\nnot a path\n", "a text file whose lines are not paths of audio files"),
+    ("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\n1\tSpectrogram 1\t1\t0\t5\n",
+     "a Raven selection table"),
+    ("0.000\t5.000\tsp00 0.900\n", "an Audacity label track"),
+    ("# nothing listed\n\n", "empty"),
+    ("a.wav\nnotes.md\n", "a text file whose lines are not paths of audio files"),
+])
+def test_a_txt_input_is_a_list_only_when_its_lines_name_audio_files(tmp_path, text, what):
+    (tmp_path / "input.txt").write_text(text)
+    with pytest.raises(ValueError, match="list of recordings only when each line names an "
+                                         "audio file") as error:
+        analyze.collect_recordings([tmp_path / "input.txt"])
+    assert f"this one is {what}" in str(error.value)
+
+
 # --- With a model ---------------------------------------------------------------------------
 
 
@@ -237,6 +253,43 @@ def test_resume_skips_finished_files_and_bad_files_go_to_the_error_log(saved_mod
     assert (third.analysed, third.skipped) == (1, 1)
 
 
+def test_birdnet_tables_and_combined_tables_with_the_data_set_names(saved_model_dir, tmp_path):
+    species = pd.read_csv(saved_model_dir / "assets" / "species.csv")
+    assert species.values.tolist() == [["sp00", "Avis synthetica 00", "Synthetic bird 00"],
+                                       ["sp01", "Avis synthetica 01", "Synthetic bird 01"]]
+    audio = tmp_path / "site"
+    audio.mkdir()
+    soundfile.write(audio / "a.wav", tone(7.0, 16000), 16000)
+    soundfile.write(audio / "b.wav", tone(6.0, 32000), 32000)
+    (audio / "broken.wav").write_text("not audio")
+    formats = ("raven", "birdnet_csv", "kaleidoscope")
+    cfg = AnalyzeConfig(min_conf=0.0, top_n=1, overlap_s=1.0, formats=formats, combine=True,
+                        out_dir=str(tmp_path / "out"))
+    summary = analyze.analyze([audio], saved_model_dir, cfg, progress=False)
+    assert (summary.analysed, summary.failed) == (2, 1)
+    raven_a = pd.read_csv(tmp_path / "out" / "a.wav.selection.table.txt", sep="\t")
+    assert set(raven_a["Common Name"]) <= {"Synthetic bird 00", "Synthetic bird 01"}
+    assert set(raven_a["High Freq (Hz)"]) == {8000.0}  # a.wav's Nyquist, below the model's 16 kHz
+    combined = pd.read_csv(tmp_path / "out" / "combined.selection.table.txt", sep="\t")
+    assert list(combined.columns) == detections.RAVEN_COLUMNS
+    assert combined["Selection"].tolist() == list(range(1, len(combined) + 1))
+    assert combined["Begin Path"].tolist() == [str(audio / "a.wav")] * 2 + [str(audio / "b.wav")] * 2
+    # b.wav's selections follow a.wav's 7 s in the sequence; File Offset stays in b.wav.
+    assert combined["Begin Time (s)"].tolist() == [0.0, 2.0, 7.0, 8.0]
+    assert combined["File Offset (s)"].tolist() == [0.0, 2.0, 0.0, 1.0]
+    assert combined["High Freq (Hz)"].tolist() == [8000.0, 8000.0, 16000.0, 16000.0]
+    # What BirdNET's segments command cuts: Begin Path from File Offset for the box length.
+    lengths = combined["End Time (s)"] - combined["Begin Time (s)"]
+    durations = combined["Begin Path"].map(lambda p: soundfile.info(p).duration)
+    assert (combined["File Offset (s)"] + lengths <= durations + 1e-3).all()
+    birdnet = pd.read_csv(tmp_path / "out" / "combined.birdnet.csv")
+    assert list(birdnet.columns) == detections.BIRDNET_CSV_COLUMNS and len(birdnet) == 4
+    kaleidoscope = pd.read_csv(tmp_path / "out" / "combined.kaleidoscope.csv")
+    assert kaleidoscope["IN FILE"].tolist() == ["a.wav", "a.wav", "b.wav", "b.wav"]
+    assert set(kaleidoscope["FOLDER"]) == {"site"} and set(kaleidoscope["overlap"]) == {1.0}
+    assert not (tmp_path / "out" / "detections.csv").exists()  # csv not asked for
+
+
 def test_analysis_outputs_agree_with_the_saved_model(saved_model_dir, tmp_path):
     sample_rate_hz = 32000
     waveform = np.random.default_rng(0).normal(scale=0.1, size=12 * sample_rate_hz)
@@ -275,6 +328,22 @@ def test_analyze_cli_with_the_run_folder_and_a_species_list(trained_run, tmp_pat
     assert cli.main(["analyze", str(tmp_path / "call.wav"), "--model", str(trained_run),
                      "--species-list", str(tmp_path / "bad.txt"), "--quiet"]) == 2
     assert "unknown=['owl']" in capsys.readouterr().err
+
+
+def test_analyze_exit_status_0_all_good_1_some_failed_2_usage(trained_run, tmp_path, capsys):
+    soundfile.write(tmp_path / "call.wav", tone(6.0, 22050), 22050)
+    (tmp_path / "broken.wav").write_text("not audio")
+    (tmp_path / "junk.txt").write_text("hello\n")
+    analyze_command = ["analyze", "--model", str(trained_run), "--out", str(tmp_path / "out"),
+                       "--quiet"]
+    assert cli.main([*analyze_command, str(tmp_path / "call.wav")]) == 0
+    assert "0 failed" in capsys.readouterr().out
+    assert cli.main([*analyze_command, str(tmp_path / "broken.wav")]) == 1
+    assert "1 failed (see" in capsys.readouterr().out
+    assert cli.main([*analyze_command, str(tmp_path / "broken.wav"),
+                     str(tmp_path / "call.wav")]) == 1
+    assert cli.main([*analyze_command, str(tmp_path / "junk.txt")]) == 2
+    assert "this one is a text file whose lines are not paths" in capsys.readouterr().err
 
 
 SOUNDSCAPE = next((r for r in shared_recordings() if r["local_file"] == "birdnet/soundscape.flac"),
@@ -327,7 +396,7 @@ def test_worker_threads_share_the_cores_unless_given(monkeypatch):
 
 
 def test_tflite_interpreter_uses_every_core_unless_limited(monkeypatch):
-    import tensorflow as tf
+    from ai_edge_litert import interpreter
 
     asked = []
 
@@ -336,9 +405,13 @@ def test_tflite_interpreter_uses_every_core_unless_limited(monkeypatch):
             asked.append(num_threads)
 
         def get_signature_runner(self, name):
-            return None
+            return FakeRunner()
 
-    monkeypatch.setattr(tf.lite, "Interpreter", FakeInterpreter)
+    class FakeRunner:
+        def get_input_details(self):
+            return {"waveform": {}}
+
+    monkeypatch.setattr(interpreter, "Interpreter", FakeInterpreter)
     monkeypatch.setattr(analyze.os, "cpu_count", lambda: 6)
     info = analyze.ModelInfo(analyze.Path("m.tflite"), "tflite", ("a",), 32000, 160000,
                              (0.0, 16000.0), modified_time=0.0)

@@ -141,6 +141,12 @@ def test_cv_scores_each_fold_beside_the_baseline_and_resumes(tmp_path, monkeypat
     assert again["cv_dir"] == summary["cv_dir"]
     assert (cv_dir / "fold-1" / "score.json").stat().st_mtime_ns == stamp
     assert (cv_dir / "fold-2" / "score.json").is_file()
+    # Killed after training, before the score: the trained model is reused, not retrained.
+    model_stamp = (cv_dir / "fold-2" / "model.keras").stat().st_mtime_ns
+    (cv_dir / "fold-2" / "score.json").unlink()
+    cv.run_cv(cfg, csv_path, "fold", progress=False)
+    assert (cv_dir / "fold-2" / "model.keras").stat().st_mtime_ns == model_stamp
+    assert (cv_dir / "fold-2" / "score.json").is_file()
     with pytest.raises(ValueError, match=r"folds=\['3'\]"):
         cv.run_cv(cfg, csv_path, "fold", folds=["3"], progress=False)
 

@@ -4,6 +4,9 @@ batch, and agreement of Keras, SavedModel and TFLite."""
 import contextlib
 import io
 import json
+import re
+import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,6 +14,7 @@ import pandas as pd
 import pytest
 import soundfile
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from conftest import SHARED_AUDIO, requires_shared_audio
 
 from tfbird import analyze, config, detections, exporter, pipeline
@@ -44,6 +48,42 @@ def test_tf_serving_layout_and_assets(exported):
     assert exported.tflite_path == version_dir / "model.tflite"
 
 
+def test_saved_model_holds_the_inference_weights_only(exported):
+    variables = tf.train.list_variables(str(exported.saved_model_dir / "variables" / "variables"))
+    assert not [name for name, _ in variables if "optimizer" in name]
+    saved_values = sum(int(np.prod(shape)) for name, shape in variables
+                       if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    model_values = sum(int(np.prod(w.shape)) for w in exported.serving_model.weights)
+    assert saved_values == model_values  # 23.6 M; with AdamW's moments 70.7 M more
+    variables_bytes = sum(p.stat().st_size
+                          for p in (exported.saved_model_dir / "variables").iterdir())
+    assert 4 * model_values < variables_bytes < 1.01 * 4 * model_values
+    graph_bytes = (exported.saved_model_dir / "saved_model.pb").stat().st_size  # 7 MB
+    assert variables_bytes + graph_bytes < exported.saved_model_bytes < (
+        variables_bytes + graph_bytes + 1e5)  # + assets/ and fingerprint.pb, no .tflite
+
+
+def test_tflite_runs_on_litert_and_no_tf_lite_interpreter_is_left():
+    package = Path(exporter.__file__).parent
+    left = [f"{path.name}:{number}" for path in sorted(package.glob("*.py"))
+            for number, line in enumerate(path.read_text().splitlines(), 1)
+            if re.search(r"lite\.Interpreter\s*\(", line)]
+    assert left == []
+    assert exporter.Interpreter.__module__ == "ai_edge_litert.interpreter"
+
+
+def test_converting_and_running_tflite_prints_no_interpreter_deprecation(tmp_path):
+    waveform = keras.Input(shape=(160000,), name="waveform")
+    logmel = build_frontend(AudioConfig(), FrontendConfig())(waveform)
+    model = keras.Model(waveform, keras.layers.Dense(2)(keras.layers.Flatten()(logmel)))
+    waves = synthetic_windows(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (tmp_path / "m.tflite").write_bytes(exporter.convert_to_tflite(model, "int8", waves))
+        assert exporter.run_tflite(tmp_path / "m.tflite", waves).shape == (2, 2)
+    assert [str(w.message) for w in caught if "Interpreter is deprecated" in str(w.message)] == []
+
+
 def test_next_export_gets_the_next_version(trained_run, exported):
     again = exporter.export_run(trained_run, exports_dir=exported.saved_model_dir.parents[1],
                                 model_name="birds")
@@ -66,7 +106,7 @@ def test_serving_signature(exported):
 
 
 def test_tflite_uses_builtin_ops_and_a_dynamic_batch(exported):
-    interpreter = tf.lite.Interpreter(model_path=str(exported.tflite_path))
+    interpreter = Interpreter(model_path=str(exported.tflite_path))
     details = interpreter.get_signature_runner("serving_default").get_input_details()
     assert list(details["waveform"]["shape_signature"]) == [-1, 160000]
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
@@ -148,7 +188,7 @@ def test_calibration_windows_come_from_the_training_records(calibration):
 def test_each_tflite_variant_runs_with_batch_1_and_4(exported, variant):
     path = exported.tflite_paths[variant]
     assert path.name == exporter.TFLITE_FILES[variant]
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = Interpreter(model_path=str(path))
     details = interpreter.get_signature_runner("serving_default").get_input_details()
     assert list(details["waveform"]["shape_signature"]) == [-1, 160000]
     assert not any(op["op_name"].startswith("Flex") for op in interpreter._get_ops_details())
@@ -165,7 +205,7 @@ def test_quantized_files_are_smaller_and_int8_keeps_the_front_end_float(exported
     sizes = {v: p.stat().st_size for v, p in exported.tflite_paths.items()}
     assert sizes["float16"] < 0.6 * sizes["none"]
     assert sizes["dynamic"] < 0.35 * sizes["none"] and sizes["int8"] < 0.35 * sizes["none"]
-    interpreter = tf.lite.Interpreter(model_path=str(exported.tflite_paths["int8"]))
+    interpreter = Interpreter(model_path=str(exported.tflite_paths["int8"]))
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
     dtype_in = lambda op: tensors[op["inputs"][0]]["dtype"]
@@ -177,7 +217,7 @@ def test_quantized_files_are_smaller_and_int8_keeps_the_front_end_float(exported
 
 
 def test_dynamic_variant_keeps_the_mel_filterbank_float_and_the_convolutions_int8(exported):
-    interpreter = tf.lite.Interpreter(model_path=str(exported.tflite_paths["dynamic"]))
+    interpreter = Interpreter(model_path=str(exported.tflite_paths["dynamic"]))
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     weights = lambda op: tensors[op["inputs"][1]]
     ops = interpreter._get_ops_details()
@@ -194,7 +234,7 @@ def front_end_model():
 
 
 def run_tflite_bytes(model_bytes, waveforms):
-    runner = tf.lite.Interpreter(model_content=model_bytes).get_signature_runner()
+    runner = Interpreter(model_content=model_bytes).get_signature_runner()
     return next(iter(runner(waveform=waveforms).values()))
 
 

@@ -109,6 +109,9 @@ def test_broken_corpus_is_fully_accounted_for(tmp_path):
     assert manifest["ingested"] == {"count": len(ingested), "windows": int(ingested["windows"].sum()),
                                     "file": "ingested.csv"}
     assert sum(s["examples"] for s in manifest["splits"].values()) == ingested["windows"].sum()
+    # A file that failed (decoding, not the catalog) is in no split's recordings.
+    assert {name: s["recordings"] for name, s in manifest["splits"].items()} == (
+        ingested.groupby("split").size().reindex(["train", "valid"], fill_value=0).to_dict())
     passwd = failures.loc[failures["filename"] == "../../etc/passwd", "path"].item()
     assert passwd.endswith("etc/passwd")
 

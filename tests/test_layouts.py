@@ -207,6 +207,27 @@ def test_folder_per_class_with_multi_label_negative_and_noise_folders(tmp_path):
     assert failures_of(tmp_path / "records") == {"stray.wav": "label unknown"}
 
 
+def test_one_selection_table_among_class_folders_is_detected_as_folders(tmp_path):
+    root = tmp_path / "mixed"
+    for k in range(24):
+        write_tone(root / ("a" if k % 2 else "b") / f"{k}.wav", 0.2)
+    write_tone(root / "a" / "annotated.wav", 0.2)
+    (root / "a" / "annotated.selections.txt").write_text(RAVEN_HEADER)
+    assert catalog.detect_layout(root) == "folders"  # 1 of 25 recordings annotated
+    table, _ = catalog.read_catalog(root)
+    assert len(table) == 25
+
+
+def test_a_few_tables_without_class_folders_ask_for_the_layout(tmp_path):
+    root = tmp_path / "flat"
+    for k in range(3):
+        write_tone(root / f"{k}.wav", 0.2)
+    (root / "0.selections.txt").write_text(RAVEN_HEADER)
+    with pytest.raises(ValueError, match=r"Only 1 of 3 recordings have a Raven selection "
+                                         r"table .* give --layout raven"):
+        catalog.detect_layout(root)
+
+
 # --- Raven selection tables ---------------------------------------------------------------
 
 RAVEN_HEADER = ("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\t"

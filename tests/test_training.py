@@ -214,6 +214,50 @@ def test_train_flags_set_the_profiler_and_determinism(monkeypatch, tiny_config_f
     assert cli.main(["train", "--config", str(tiny_config_file), "--profile-batch", "5"]) == 2
 
 
+def test_alias_flags_are_quoted_as_strings(monkeypatch, tiny_config_file, tmp_path):
+    from tfbird import pipeline
+
+    seen = {}
+
+    def fake_train(cfg, **kwargs):
+        seen.update(cfg=cfg, **kwargs)
+        return tmp_path, {}
+
+    monkeypatch.setattr(pipeline, "prepare_and_train", fake_train)
+    assert cli.main(["train", "--config", str(tiny_config_file), "--data", "2024",
+                     "--records", "no", "--strategy", "default"]) == 0
+    assert seen["cfg"].data.path == "2024" and seen["cfg"].data.records == "no"
+    assert seen["overwrite"] is False
+    assert cli.set_strings((("data.path", "yes"), ("train.epochs", 3), ("a.b", None))) == [
+        'data.path="yes"', "train.epochs=3"]
+
+
+def test_a_finished_run_is_not_trained_again_without_overwrite(trained_run, tiny_config_file,
+                                                              capsys):
+    metrics_before = (trained_run / training.METRICS_FILE).read_text()
+    log_before = (trained_run / training.TRAINING_LOG_FILE).read_text()
+    assert cli.main(["train", "--config", str(tiny_config_file), "--run-dir", str(trained_run),
+                     "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert f"{trained_run} holds a finished run" in error and "--overwrite" in error
+    assert (trained_run / training.METRICS_FILE).read_text() == metrics_before
+    assert (trained_run / training.TRAINING_LOG_FILE).read_text() == log_before
+
+
+def test_overwrite_clears_a_finished_run_and_a_backup_always_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in (training.MODEL_FILE, training.METRICS_FILE, training.TRAINING_LOG_FILE):
+        (run_dir / name).write_text("x")
+    with pytest.raises(ValueError, match="holds a finished run"):
+        training.check_not_finished(run_dir)
+    (run_dir / training.BACKUP_DIR).mkdir()  # Killed after its model.keras: resumed.
+    training.check_not_finished(run_dir)
+    (run_dir / training.BACKUP_DIR).rmdir()
+    training.check_not_finished(run_dir, overwrite=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == []
+
+
 def training_log_epochs(run_dir):
     with (run_dir / training.TRAINING_LOG_FILE).open() as stream:
         return [int(row["epoch"]) for row in csv.DictReader(stream)]

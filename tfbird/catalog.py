@@ -154,8 +154,8 @@ def detect_layout(path: str | Path) -> str:
 
     Checked in this order: ``train_metadata.csv`` (birdclef); ``train.csv`` with
     ``ebird_code`` (cornell), or with ``primary_label`` and a ``taxonomy.csv`` beside it
-    (birdclef2025); any ``*.selections.txt`` below (raven); sub-folders holding audio
-    (folders). A CSV file is cornell, birdclef2025, birdclef or csv by its columns.
+    (birdclef2025); ``*.selections.txt`` tables beside most of the audio (raven; see
+    ``layout_of_annotated_folder``); sub-folders holding audio (folders). A CSV file is cornell, birdclef2025, birdclef or csv by its columns.
 
     Raises:
         ValueError: none of these match.
@@ -170,14 +170,40 @@ def detect_layout(path: str | Path) -> str:
             return "birdclef"
         if (path / TRAIN_CSV).is_file():
             return layout_of_csv(path / TRAIN_CSV)
+        has_class_folders = any(child.is_dir() and audio_files_under(child)
+                                for child in path.iterdir())
         if next(path.rglob("*" + RAVEN_SUFFIX), None) is not None:
-            return "raven"
-        if any(child.is_dir() and audio_files_under(child) for child in path.iterdir()):
+            layout = layout_of_annotated_folder(path, has_class_folders)
+            if layout:
+                return layout
+        elif has_class_folders:
             return "folders"
     raise ValueError(
         f"No known data layout: expected a folder with {BIRDCLEF_METADATA}, {TRAIN_CSV}, "
         f"Raven *{RAVEN_SUFFIX} tables or class folders of audio, or a .csv file with "
         f"filename,label columns. Received: data={str(path)!r}")
+
+
+def layout_of_annotated_folder(path: Path, has_class_folders: bool) -> str:
+    """``raven`` when most of the audio under ``path`` has a Raven selection table beside
+    it; else ``folders`` when the audio sits in class folders (the few tables are notes).
+
+    Raises:
+        ValueError: a minority of the recordings annotated and no class folders: the
+            choice is the user's (``--layout raven`` reads only the annotated ones).
+    """
+    audio = audio_files_under(path)
+    annotated = {raven_audio_path(table) for table in path.rglob("*" + RAVEN_SUFFIX)} - {None}
+    if 2 * len(annotated) > len(audio):
+        return "raven"
+    if has_class_folders:
+        log.info("Layout folders: %d of %d recordings have a Raven selection table; "
+                 "--layout raven would read only those.", len(annotated), len(audio))
+        return "folders"
+    raise ValueError(
+        f"Only {len(annotated)} of {len(audio)} recordings have a Raven selection table "
+        f"(*{RAVEN_SUFFIX}) and they sit in no class folders: give --layout raven to train "
+        f"on the annotated recordings only, or another --layout. Received: data={str(path)!r}")
 
 
 def layout_of_csv(csv_path: Path) -> str:
@@ -363,6 +389,49 @@ def cornell_codes_by_name(metadata: pd.DataFrame) -> dict[str, str]:
             if key and key != "_":
                 codes.setdefault(key.strip(), code.strip())
     return codes
+
+
+# The (label, scientific name, common name) columns of the files that name species.
+SPECIES_NAME_COLUMNS = {TAXONOMY_CSV: ("primary_label", "scientific_name", "common_name"),
+                        BIRDCLEF_METADATA: ("primary_label", "scientific_name", "common_name"),
+                        TRAIN_CSV: ("ebird_code", "sci_name", "species")}
+
+
+def species_names(data: str | Path) -> dict[str, tuple[str, str]]:
+    """``{label: (scientific name, common name)}`` from the data set's taxonomy, if any.
+
+    Read from BirdCLEF 2025's ``taxonomy.csv``, BirdCLEF 2021-2024's ``train_metadata.csv``
+    or Cornell's ``train.csv`` (``ebird_code``, ``sci_name``, ``species``), whichever of them
+    sits in the data set folder (or beside its CSV) with those columns; ``{}`` for other
+    data sets or a data set that is not on disk. Labels without names fall back to
+    ``label_names``.
+    """
+    data = Path(data)
+    folder = data.parent if data.is_file() else data
+    for name, columns in SPECIES_NAME_COLUMNS.items():
+        path = folder / name
+        if not path.is_file() or not set(columns) <= set(pd.read_csv(path, nrows=0).columns):
+            continue
+        table = pd.read_csv(path, usecols=list(columns), keep_default_na=False, dtype=str)
+        table = table.apply(lambda column: column.str.strip()).drop_duplicates(columns[0])
+        return {label: (scientific, common) for label, scientific, common
+                in table[list(columns)].itertuples(index=False) if label}
+    return {}
+
+
+def label_names(label: str, names: dict[str, tuple[str, str]] | None = None
+                ) -> tuple[str, str]:
+    """``(scientific name, common name)`` of a label: from ``names`` (``species_names``),
+    else split from a BirdNET label ``Scientific name_Common name``, else the label twice.
+
+    Example:
+        >>> label_names("Turdus merula_Eurasian Blackbird")
+        ('Turdus merula', 'Eurasian Blackbird')
+    """
+    if names and label in names:
+        return names[label]
+    scientific, sep, common = label.partition("_")
+    return (scientific, common) if sep and scientific and common else (label, label)
 
 
 def labels_of_folder(name: str) -> list[str]:

@@ -26,17 +26,42 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
 
 from tfbird import config  # noqa: E402  (no TensorFlow: the embedding backbones' names)
 
 DEFAULT_CONFIG = "configs/demo.yaml"
+EXIT_SOME_FAILED = 1  # analyze: some inputs failed (listed in errors.csv).
+EXIT_USAGE = 2  # A bad argument, config or input: the one-line error names it.
 log = logging.getLogger("tfbird")
+DESCRIPTION = """Train bird-sound classifiers on your recordings and find the species in long
+recordings: tfbird turns recordings into log-mel records, trains a ResNet50, exports it for
+TF Serving and TFLite, and writes detection tables (CSV, BirdNET's Raven, CSV and
+Kaleidoscope tables, Audacity labels)."""
+EXAMPLES = """common commands:
+  python train.py                          train the demo (synthetic species) end to end
+  python train.py --data my_birds --config small
+                                           train on a folder per species (my_birds/<species>/*.wav)
+  python -m tfbird evaluate --run-dir runs/<timestamp>
+                                           score a run: metrics, per-class table, thresholds
+  python export.py --run-dir runs/<timestamp> --tflite
+                                           write exports/tfbird/<version>/ (SavedModel + TFLite)
+  python -m tfbird analyze recordings/ --model exports/tfbird/1 --out detections --format raven
+                                           detect species in long recordings
+  python -m tfbird eda --data my_birds --out eda/my_birds
+                                           look at a data set before training
+
+Run "python -m tfbird COMMAND --help" for a command's options. Errors are one line naming the
+value at fault, with exit status 2."""
+ANALYZE_EXIT_STATUS = f"""exit status:
+  0  every input was analysed (or its outputs were up to date)
+  {EXIT_SOME_FAILED}  some inputs failed; OUT/errors.csv names each with the reason
+  {EXIT_USAGE}  usage error: a bad argument, model, threshold file or input list"""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # SavedModel renaming chatter.
@@ -44,11 +69,47 @@ def main(argv: list[str] | None = None) -> int:
         return args.command(args) or 0
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+
+
+def quiet_tensorflow() -> None:
+    """Hides TensorFlow's C++ start-up lines, for the command line only (library users keep
+    TensorFlow's own settings).
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` (unless set) hides its C++ log lines, such as ``E0000 ...
+    failed call to cuInit ... (303)`` on a machine without a GPU and ``oneDNN supports DT_BOOL
+    only on platforms with AVX-512``: none is a failure, and real errors still reach Python
+    as exceptions. The lines printed while its libraries load come before any log level
+    applies (``WARNING: All log messages before absl::InitializeLog()``, ``oneDNN custom
+    operations are on``, ``Could not find cuda drivers``), so TensorFlow is imported with
+    the process's stderr sent to a temporary file, printed only if the import fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved_stderr, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfbird", description=__doc__.splitlines()[0])
+    from tfbird.config import ANALYZE_FORMATS
+
+    parser = argparse.ArgumentParser(prog="tfbird", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     synth = commands.add_parser("synth", help="write the synthetic bird-call corpus")
@@ -92,12 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--out", required=True, help="output .npy: float32 [frames, mels]")
     features.set_defaults(command=run_features)
 
-    train = commands.add_parser("train", help="ingest if needed, train, score")
+    train = commands.add_parser(
+        "train", help="ingest if needed, train, score",
+        description="Ingests the data set into records when they are missing or stale, "
+                    "trains, and scores the best epoch on the validation split. The data set's "
+                    "layout is detected from its files (see --layout). Rerunning the command with the same --run-dir resumes a killed run; "
+                    "a finished one needs --overwrite.")
     add_config_arguments(train)
-    train.add_argument("--data", help="data set (default: data.path of the config; the demo "
-                                      "config synthesises it when missing)")
-    train.add_argument("--records", help="records folder (default: data.records; with --data, "
-                                         "records/<data set name>[-fold<K>])")
+    train.add_argument("--data", help="data set folder or CSV (default: data.path of the "
+                                      "config; the demo config synthesises it when missing)")
+    train.add_argument("--records", help="records folder (default with --data: records/<data "
+                                         "set name>[-fold<K>], never the demo's; without "
+                                         "--data: data.records of the config, records/demo)")
+    add_layout_arguments(train)
     add_fold_arguments(train)
     train.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
     train.add_argument("--epochs", type=int, help="= --set train.epochs=N")
@@ -106,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="= train.strategy (multiworker reads the cluster from TF_CONFIG; "
                             "tpu uses train.tpu)")
     train.add_argument("--reingest", action="store_true", help="rewrite existing records")
+    train.add_argument("--overwrite", action="store_true",
+                       help="train from scratch in a --run-dir that holds a finished run "
+                            "(without it, that is refused; a killed run, with backup/, "
+                            "always resumes)")
     train.add_argument("--profile-batch", metavar="START,END",
                        help="= train.profile_batch: trace training batches START..END "
                             "(from 1) with the TensorBoard profiler into RUN/logs")
@@ -166,14 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "run's data set)")
     export.set_defaults(command=run_export)
 
-    analyze = commands.add_parser("analyze", help="recordings -> detections (CSV, Raven, ...)")
+    analyze = commands.add_parser(
+        "analyze", help="recordings -> detections (CSV, Raven, ...)",
+        epilog=ANALYZE_EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     analyze.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="audio files, folders (recursive) or .txt lists of paths")
+                         help="audio files, folders (recursive) or .txt lists of audio "
+                              "paths (one per line)")
     analyze.add_argument("--model", required=True,
                          help="run folder, SavedModel export folder or .tflite file")
     analyze.add_argument("--out", default="analysis", help="output folder")
     analyze.add_argument("--format", dest="formats", nargs="+", default=["csv"],
-                         choices=["csv", "raven", "audacity", "json"], help="outputs per file")
+                         choices=ANALYZE_FORMATS,
+                         help="outputs per recording: csv (tfbird's: file,start_s,end_s,label,"
+                              "confidence), raven, birdnet_csv and kaleidoscope (BirdNET-"
+                              "Analyzer's tables, column for column), parquet (needs pyarrow), "
+                              "audacity (label track), json (default: csv)")
+    analyze.add_argument("--combine", action="store_true",
+                         help="also write one table over all recordings per table format "
+                              "(OUT/combined.selection.table.txt, ...); csv always has "
+                              "OUT/detections.csv")
     analyze.add_argument("--overlap", type=float, default=0.0, help="window overlap (s)")
     analyze.add_argument("--min-conf", type=float, default=0.1,
                          help="smallest probability (for classes missing from --thresholds)")
@@ -272,11 +355,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+LAYOUTS_HELP = ("birdclef (train_metadata.csv + train_audio/), birdclef2025 (train.csv + "
+                "taxonomy.csv), cornell (train.csv with ebird_code), folders "
+                "(ROOT/<label>/*.wav), raven (Raven selection tables beside the audio), csv "
+                "(filename,label)")
+
+
 def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
     from tfbird.config import DATA_LAYOUTS
 
     parser.add_argument("--layout", choices=DATA_LAYOUTS,
-                        help="= data.layout (default auto: detected from the files)")
+                        help="= data.layout (default auto: detected from the files): "
+                             + LAYOUTS_HELP)
     parser.add_argument("--label-column", help="= data.label_column: label column of Raven "
                                                "selection tables (default Species)")
 
@@ -297,7 +387,25 @@ def layout_overrides(args) -> list[str]:
               ("data.min_overlap_s", getattr(args, "min_overlap_s", None)),
               ("data.max_failures", getattr(args, "max_failures", None)),
               ("data.store", getattr(args, "store", None)))
+    return set_strings(values)
+
+
+def set_strings(values) -> list[str]:
+    """``--set`` strings ``key=<JSON of value>`` of the ``(key, value)`` pairs whose value
+    is not ``None``. JSON quotes strings, so ``--data 2024`` stays the string ``"2024"`` and
+    ``--records no`` is not read by YAML as ``false``."""
     return [f"{key}={json.dumps(value)}" for key, value in values if value is not None]
+
+
+def parse_profile_batch(text: str | None) -> list[int] | None:
+    """``--profile-batch START,END`` -> ``[START, END]``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"--profile-batch must be START,END (two batch numbers, from 1), "
+                         f"e.g. 2,4. Received: profile_batch={text!r}")
+    return [int(part) for part in parts]
 
 
 def load_config(args, extra_overrides: list[str] = ()):
@@ -399,19 +507,19 @@ def run_train(args) -> int:
         backbone = load_config(args, layout_overrides(args)).model.backbone
         records = str(default_records_dir(args.data, args.valid_fold, backbone=backbone))
         log.info("Records of %s: %s (--records chooses another folder)", args.data, records)
-    overrides = [*layout_overrides(args)] + [f"{key}={value}" for key, value in (
+    overrides = layout_overrides(args) + set_strings((
         ("data.path", args.data), ("data.records", records),
         ("train.epochs", args.epochs), ("model.weights", args.weights),
         ("train.strategy", args.strategy),
-        ("train.profile_batch", args.profile_batch and f"[{args.profile_batch}]"),
+        ("train.profile_batch", parse_profile_batch(args.profile_batch)),
         ("train.deterministic", args.deterministic or None),
-        ("train.data_service", args.data_service)) if value is not None]
+        ("train.data_service", args.data_service)))
     cfg = load_config(args, overrides)
     from tfbird import pipeline
 
     run_dir, scores = pipeline.prepare_and_train(
         cfg, data_given=args.data is not None, run_dir=args.run_dir, reingest=args.reingest,
-        progress=not args.quiet)
+        progress=not args.quiet, overwrite=args.overwrite)
     if not scores:
         print("Worker done; the chief (task index 0) writes the run folder.")
         return 0
@@ -423,8 +531,7 @@ def run_train(args) -> int:
 def run_cv(args) -> int:
     from tfbird import cv
 
-    overrides = layout_overrides(args) + ([f"train.strategy={args.strategy}"]
-                                          if args.strategy else [])
+    overrides = layout_overrides(args) + set_strings((("train.strategy", args.strategy),))
     cfg = load_config(args, overrides)
     summary = cv.run_cv(cfg, args.data, args.fold_column, folds=args.folds, out_dir=args.out,
                         progress=not args.quiet)
@@ -471,7 +578,8 @@ def run_export(args) -> int:
                                  model_name=args.model_name or cfg.export.model_name,
                                  version=args.version, tflite=args.tflite or bool(args.quantize),
                                  quantize=quantize, calibration_waveforms=calibration)
-    print(f"SavedModel: {result.saved_model_dir}")
+    print(f"SavedModel: {result.saved_model_dir} ({result.saved_model_bytes / 1e6:.1f} MB, "
+          f"inference weights only)")
     for path in result.tflite_paths.values():
         print(f"TFLite: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     check_audio = args.check_audio or run_cfg.data.path
@@ -510,10 +618,10 @@ def run_analyze(args) -> int:
         formats=tuple(dict.fromkeys(args.formats)), batch_size=args.batch_size,
         jobs=args.jobs, threads_per_job=args.threads_per_job,
         dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
-        out_dir=args.out, overwrite=args.overwrite).validate()
+        out_dir=args.out, overwrite=args.overwrite, combine=args.combine).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))
-    return 0
+    return EXIT_SOME_FAILED if summary.failed else 0
 
 
 def run_embed(args) -> int:
@@ -640,9 +748,9 @@ def run_bench_analyze(args) -> int:
 
 
 def config_of_run(run_dir: Path):
-    from tfbird.training import CONFIG_FILE
+    from tfbird.training import CONFIG_FILE, check_run_dir
 
-    return config.load(run_dir / CONFIG_FILE)
+    return config.load(check_run_dir(run_dir) / CONFIG_FILE)
 
 
 if __name__ == "__main__":

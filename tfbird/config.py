@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from pathlib import Path
@@ -524,7 +525,8 @@ class ExportConfig:
     exports_dir: str = "exports"
 
 
-ANALYZE_FORMATS = ("csv", "raven", "audacity", "json")
+# tfbird's CSV; BirdNET-Analyzer's Raven table, CSV and Kaleidoscope CSV; Parquet (pyarrow).
+ANALYZE_FORMATS = ("csv", "raven", "birdnet_csv", "kaleidoscope", "parquet", "audacity", "json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -561,6 +563,8 @@ class AnalyzeConfig:
             0: not used.
         out_dir: folder of the outputs, the error log and the combined CSV.
         overwrite: analyse again recordings whose outputs are present and up to date.
+        combine: also write one table over all recordings for each table format (the
+            ``csv`` format always has ``detections.csv``).
     """
 
     overlap_s: float = 0.0
@@ -578,6 +582,7 @@ class AnalyzeConfig:
     dask_local: int = 0
     out_dir: str = "analysis"
     overwrite: bool = False
+    combine: bool = False
 
     def validate(self) -> AnalyzeConfig:
         _require(self.overlap_s >= 0, "analyze.overlap_s", self.overlap_s)
@@ -585,6 +590,9 @@ class AnalyzeConfig:
         _require(self.top_n is None or self.top_n >= 1, "analyze.top_n", self.top_n)
         _require(len(self.formats) >= 1 and set(self.formats) <= set(ANALYZE_FORMATS),
                  "analyze.formats", self.formats)
+        if "parquet" in self.formats and importlib.util.find_spec("pyarrow") is None:
+            raise ValueError("The parquet format needs pyarrow: pip install pyarrow. "
+                             f"Received: formats={list(self.formats)}")
         _require(self.batch_size >= 1, "analyze.batch_size", self.batch_size)
         _require(self.block_s > 0, "analyze.block_s", self.block_s)
         _require(self.jobs >= 1, "analyze.jobs", self.jobs)

@@ -145,14 +145,18 @@ def run_fold(cfg: config.Config, data: str | Path, fold_column: str, fold: str,
     """Ingests (if needed), trains, exports and scores one held-out fold, and the baseline."""
     import keras
 
-    from tfbird import exporter, pipeline
+    from tfbird import exporter, pipeline, training
 
     started = time.perf_counter()
     fold_cfg = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, path=str(data), fold_column=fold_column, valid_fold=fold,
         records=str(catalog.default_records_dir(data, fold, backbone=cfg.model.backbone))))
-    run_dir, _ = pipeline.prepare_and_train(fold_cfg, data_given=True, run_dir=fold_dir,
-                                            progress=progress)
+    run_dir = fold_dir
+    if training.training_finished(fold_dir):  # Killed after training, before its score.
+        log.info("Fold %s: reusing the model trained in %s", fold, fold_dir)
+    else:
+        pipeline.prepare_and_train(fold_cfg, data_given=True, run_dir=fold_dir,
+                                   progress=progress)
     export_dir = fold_dir / EXPORT_DIR
     shutil.rmtree(export_dir, ignore_errors=True)  # A half-written export of a killed run.
     result = exporter.export_run(run_dir, exports_dir=export_dir, model_name="model",

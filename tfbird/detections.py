@@ -1,4 +1,5 @@
-"""Scores ``[windows, classes]`` + window times -> detection rows -> CSV, Raven, Audacity, JSON.
+"""Scores ``[windows, classes]`` + window times -> detection rows -> CSV, BirdNET's Raven, CSV
+and Kaleidoscope tables, Parquet, Audacity, JSON.
 
 One table schema, ``COLUMNS`` (``file,start_s,end_s,label,confidence``), is made by
 ``select_detections`` (threshold, top-n, species list) and ``merge_consecutive`` (one row per
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -21,13 +23,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tfbird import catalog
+
 COLUMNS = ["file", "start_s", "end_s", "label", "confidence"]
+# BirdNET-Analyzer's tables, column for column (its Raven ``Begin Path`` and ``File Offset
+# (s)`` are what BirdNET's ``segments`` command reads back).
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
-                 "Low Freq (Hz)", "High Freq (Hz)", "Species Code", "Common Name", "Confidence"]
+                 "Low Freq (Hz)", "High Freq (Hz)", "Common Name", "Species Code", "Confidence",
+                 "Begin Path", "File Offset (s)"]
+BIRDNET_CSV_COLUMNS = ["Start (s)", "End (s)", "Scientific name", "Common name", "Confidence",
+                       "File"]
+KALEIDOSCOPE_COLUMNS = ["INDIR", "FOLDER", "IN FILE", "OFFSET", "DURATION", "scientific_name",
+                        "common_name", "confidence", "lat", "lon", "week", "overlap",
+                        "sensitivity"]
+PARQUET_COLUMNS = ["file", "start_s", "end_s", "label", "scientific_name", "common_name",
+                   "confidence"]
+UNKNOWN_PLACE = -1  # Kaleidoscope's lat, lon and week: BirdNET's value when not given.
 
 # Output file of each format, appended to the recording's name (``dawn.flac.csv``, ...).
 OUTPUT_SUFFIXES = {"csv": ".csv", "raven": ".selection.table.txt",
-                   "audacity": ".audacity.txt", "json": ".json"}
+                   "birdnet_csv": ".birdnet.csv", "kaleidoscope": ".kaleidoscope.csv",
+                   "parquet": ".parquet", "audacity": ".audacity.txt", "json": ".json"}
+TABLE_FORMATS = ("csv", "raven", "birdnet_csv", "kaleidoscope", "parquet")  # Combinable.
 
 
 def empty_detections() -> pd.DataFrame:
@@ -152,20 +169,110 @@ def sort_detections(detections: pd.DataFrame) -> pd.DataFrame:
 # --- Formats ----------------------------------------------------------------------------
 
 
-def to_raven(detections: pd.DataFrame, low_freq_hz: float, high_freq_hz: float) -> pd.DataFrame:
-    """A Raven selection table (one recording): the model's band as the frequency box."""
+SpeciesNames = dict[str, tuple[str, str]]  # {label: (scientific name, common name)}
+
+
+def with_names(detections: pd.DataFrame, names: SpeciesNames | None = None) -> pd.DataFrame:
+    """``detections`` with ``scientific_name`` and ``common_name`` columns
+    (``catalog.label_names`` of each label)."""
+    pairs = [catalog.label_names(label, names) for label in detections["label"]]
+    return detections.assign(scientific_name=[scientific for scientific, _ in pairs],
+                             common_name=[common for _, common in pairs])
+
+
+def to_raven(detections: pd.DataFrame, low_freq_hz: float, high_freq_hz: float,
+             names: SpeciesNames | None = None) -> pd.DataFrame:
+    """BirdNET's Raven selection table (one recording): the model's band as the frequency
+    box, the label as ``Species Code``, the recording as ``Begin Path`` and the begin time
+    within it as ``File Offset (s)``."""
+    named = with_names(detections, names)
     return pd.DataFrame({
-        "Selection": np.arange(1, len(detections) + 1),
+        "Selection": np.arange(1, len(named) + 1),
         "View": "Spectrogram 1",
         "Channel": 1,
-        "Begin Time (s)": detections["start_s"].to_numpy(),
-        "End Time (s)": detections["end_s"].to_numpy(),
+        "Begin Time (s)": named["start_s"].to_numpy(),
+        "End Time (s)": named["end_s"].to_numpy(),
         "Low Freq (Hz)": float(low_freq_hz),
         "High Freq (Hz)": float(high_freq_hz),
-        "Species Code": detections["label"].to_numpy(),
-        "Common Name": detections["label"].to_numpy(),
-        "Confidence": detections["confidence"].to_numpy(),
+        "Common Name": named["common_name"].to_numpy(),
+        "Species Code": named["label"].to_numpy(),
+        "Confidence": named["confidence"].to_numpy(),
+        "Begin Path": named["file"].to_numpy(),
+        "File Offset (s)": named["start_s"].to_numpy(),
     }, columns=RAVEN_COLUMNS)
+
+
+def to_birdnet_csv(detections: pd.DataFrame, names: SpeciesNames | None = None
+                   ) -> pd.DataFrame:
+    """BirdNET-Analyzer's CSV table."""
+    named = with_names(detections, names)
+    return pd.DataFrame({
+        "Start (s)": named["start_s"].to_numpy(), "End (s)": named["end_s"].to_numpy(),
+        "Scientific name": named["scientific_name"].to_numpy(),
+        "Common name": named["common_name"].to_numpy(),
+        "Confidence": named["confidence"].to_numpy(), "File": named["file"].to_numpy(),
+    }, columns=BIRDNET_CSV_COLUMNS)
+
+
+def to_kaleidoscope(detections: pd.DataFrame, names: SpeciesNames | None = None,
+                    overlap_s: float = 0.0) -> pd.DataFrame:
+    """BirdNET-Analyzer's Kaleidoscope CSV: ``INDIR`` and ``FOLDER`` split the recording's
+    folder as ``os.path.split`` does; no location or week is used (-1); sensitivity 1."""
+    named = with_names(detections, names)
+    folders = [Path(file).parent for file in named["file"]]
+    return pd.DataFrame({
+        "INDIR": [str(folder.parent) for folder in folders],
+        "FOLDER": [folder.name for folder in folders],
+        "IN FILE": [Path(file).name for file in named["file"]],
+        "OFFSET": named["start_s"].to_numpy(),
+        "DURATION": (named["end_s"] - named["start_s"]).to_numpy(),
+        "scientific_name": named["scientific_name"].to_numpy(),
+        "common_name": named["common_name"].to_numpy(),
+        "confidence": named["confidence"].to_numpy(),
+        "lat": UNKNOWN_PLACE, "lon": UNKNOWN_PLACE, "week": UNKNOWN_PLACE,
+        "overlap": float(overlap_s), "sensitivity": 1.0,
+    }, columns=KALEIDOSCOPE_COLUMNS)
+
+
+def to_parquet_table(detections: pd.DataFrame, names: SpeciesNames | None = None
+                     ) -> pd.DataFrame:
+    """tfbird's table with the species names (``PARQUET_COLUMNS``)."""
+    return with_names(detections, names)[PARQUET_COLUMNS]
+
+
+def format_table(name: str, detections: pd.DataFrame,
+                 band_hz: tuple[float, float] = (0.0, 0.0), names: SpeciesNames | None = None,
+                 overlap_s: float = 0.0) -> pd.DataFrame:
+    """Rows of ``COLUMNS`` as the table of format ``name`` (one of ``TABLE_FORMATS``)."""
+    if name == "csv":
+        return detections
+    if name == "raven":
+        return to_raven(detections, *band_hz, names)
+    if name == "birdnet_csv":
+        return to_birdnet_csv(detections, names)
+    if name == "kaleidoscope":
+        return to_kaleidoscope(detections, names, overlap_s)
+    if name == "parquet":
+        return to_parquet_table(detections, names)
+    raise ValueError(f"Unknown table format. Received: format={name!r}")
+
+
+def read_table(name: str, path: Path) -> pd.DataFrame:
+    """Reads back a table ``write_outputs`` wrote in format ``name`` (``TABLE_FORMATS``)."""
+    if name == "parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, sep="\t" if name == "raven" else ",", keep_default_na=False)
+
+
+def table_bytes(name: str, table: pd.DataFrame) -> str | bytes:
+    """A table of format ``name`` as the file content ``write_outputs`` writes: Parquet
+    bytes (pyarrow), tab-separated text for Raven, else CSV text."""
+    if name == "parquet":
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        return buffer.getvalue()
+    return table.to_csv(sep="\t" if name == "raven" else ",", index=False,
+                        float_format="%.4f")
 
 
 def to_audacity(detections: pd.DataFrame) -> str:
@@ -186,7 +293,8 @@ def output_paths(stem: Path, formats: tuple[str, ...]) -> dict[str, Path]:
 
 
 def write_outputs(detections: pd.DataFrame, paths: dict[str, Path], file: str,
-                  duration_s: float, band_hz: tuple[float, float], model: str) -> None:
+                  duration_s: float, band_hz: tuple[float, float], model: str,
+                  names: SpeciesNames | None = None, overlap_s: float = 0.0) -> None:
     """Writes one recording's detections in each format of ``paths``.
 
     Args:
@@ -196,13 +304,13 @@ def write_outputs(detections: pd.DataFrame, paths: dict[str, Path], file: str,
         duration_s: length of the recording, in seconds (JSON output).
         band_hz: ``(low, high)`` frequency box of the Raven selections, in Hz.
         model: the model path, as named in the JSON output.
+        names: ``{label: (scientific name, common name)}`` for BirdNET's tables; labels
+            missing from it get ``catalog.label_names``.
+        overlap_s: the windows' overlap, in seconds (Kaleidoscope's ``overlap``).
     """
     for name, path in paths.items():
-        if name == "csv":
-            text = detections.to_csv(index=False, float_format="%.4f")
-        elif name == "raven":
-            text = to_raven(detections, *band_hz).to_csv(sep="\t", index=False,
-                                                           float_format="%.4f")
+        if name in TABLE_FORMATS:
+            text = table_bytes(name, format_table(name, detections, band_hz, names, overlap_s))
         elif name == "audacity":
             text = to_audacity(detections)
         elif name == "json":
@@ -212,8 +320,11 @@ def write_outputs(detections: pd.DataFrame, paths: dict[str, Path], file: str,
         write_atomically(path, text)
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
+    if isinstance(text, bytes):
+        temporary.write_bytes(text)
+    else:
+        temporary.write_text(text)
     os.replace(temporary, path)

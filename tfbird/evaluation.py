@@ -41,6 +41,7 @@ from tfbird.training import (
     CONFIG_FILE,
     LABELS_FILE,
     MODEL_FILE,
+    check_run_dir,
     predict_split,
     write_metrics,
 )
@@ -74,11 +75,7 @@ def evaluate_run(run_dir: str | Path, records_dir: str | Path | None = None,
     Raises:
         ValueError: missing files, or records whose labels differ from the run's.
     """
-    run_dir = Path(run_dir)
-    for name in (MODEL_FILE, CONFIG_FILE, LABELS_FILE):
-        if not (run_dir / name).is_file():
-            raise ValueError(f"{run_dir} is not a training run: {name} is missing. "
-                             f"Received: run_dir={str(run_dir)!r}")
+    run_dir = check_run_dir(run_dir)
     cfg = config.load(run_dir / CONFIG_FILE)
     records_dir = Path(records_dir or cfg.data.records)
     manifest = read_manifest(records_dir)
@@ -86,7 +83,7 @@ def evaluate_run(run_dir: str | Path, records_dir: str | Path | None = None,
     if list(manifest["labels"]) != list(labels):
         raise ValueError(f"The records' labels differ from the run's labels.txt. "
                          f"Received: records={str(records_dir)!r}")
-    model = keras.models.load_model(run_dir / MODEL_FILE)
+    model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
     y_true, y_score = predict_split(model, records_dir, manifest, split,
                                     batch_size or cfg.train.global_batch_size, cfg.model.task,
                                     cfg.data.secondary_label_weight)

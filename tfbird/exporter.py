@@ -9,6 +9,7 @@ Serving expects::
                                    variables/
                                    assets/labels.txt         one label per line, index order
                                    assets/model_config.json  sample rate, window, front end
+                                   assets/species.csv        scientific and common names
                                    model.tflite              with --tflite
 
 Example:
@@ -25,18 +26,20 @@ import importlib.util
 import io
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
-from tfbird import backbones, config, metrics
+from tfbird import backbones, catalog, config, metrics
 from tfbird import labels as labels_lib
 from tfbird.frontend import build_frontend
 from tfbird.model import embedding_features, framewise_model, has_sed_head, logmel_classifier
-from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE, check_run_dir
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "waveform"
@@ -80,6 +83,13 @@ class ExportResult:
         return waveforms if self.backbone is None else self.backbone.embed(waveforms)
 
     @property
+    def saved_model_bytes(self) -> int:
+        """Size of the SavedModel on disk: ``saved_model.pb``, ``variables/`` and
+        ``assets/`` (not the TFLite files beside them), in bytes."""
+        return sum(path.stat().st_size for path in self.saved_model_dir.rglob("*")
+                   if path.is_file() and path.suffix != ".tflite")
+
+    @property
     def tflite_path(self) -> Path | None:
         """The float32 TFLite file (or the first variant written), if any."""
         return self.tflite_paths.get("none", next(iter(self.tflite_paths.values()), None))
@@ -97,8 +107,9 @@ def newest_run(runs_dir: str | Path) -> Path:
 def load_classifier(path: str | Path) -> keras.Model:
     """A run's ``model.keras`` as a log-mel classifier. A model with the front end inside
     (``model.frontend_in_model``) gives the classifier within it: the export wraps it in its
-    own front end, the same layer without the training-only augmentation."""
-    return logmel_classifier(keras.models.load_model(path))
+    own front end, the same layer without the training-only augmentation. Loaded
+    uncompiled, so no optimizer state reaches an export."""
+    return logmel_classifier(keras.models.load_model(path, compile=False))
 
 
 def build_serving_model(cfg: config.Config, classifier: keras.Model) -> keras.Model:
@@ -172,9 +183,7 @@ def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
     Returns:
         Where things were written, and the Keras models they were made from.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / MODEL_FILE).is_file():
-        raise ValueError(f"No {MODEL_FILE} in the run folder. Received: run_dir={str(run_dir)!r}")
+    run_dir = check_run_dir(run_dir)
     check_quantize(quantize, calibration_waveforms)
     cfg = config.load(run_dir / CONFIG_FILE)
     labels = labels_lib.read_labels(run_dir / LABELS_FILE)
@@ -186,7 +195,8 @@ def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
         if tuple(quantize) != ("none",):
             raise ValueError("A head on a pretrained backbone exports as float32 only (the "
                              f"head is a few kB). Received: quantize={list(quantize)}")
-        return export_embedding_head(cfg, keras.models.load_model(run_dir / MODEL_FILE),
+        return export_embedding_head(cfg, keras.models.load_model(run_dir / MODEL_FILE,
+                                                                  compile=False),
                                      labels, version_dir, tflite)
     classifier = load_classifier(run_dir / MODEL_FILE)
     serving_model = build_serving_model(cfg, classifier)
@@ -223,7 +233,8 @@ def export_embedding_head(cfg: config.Config, head: keras.Model, labels: list[st
     signatures = {SIGNATURE: serving_function(serving_model, backbone.embedding_dim,
                                               input_name=EMBEDDING_NAME),
                   LABELS_SIGNATURE: labels_function(labels)}
-    write_saved_model(version_dir, {"model": serving_model}, signatures, labels, contract)
+    write_saved_model(version_dir, {"model": serving_model}, signatures, labels, contract,
+                      catalog.species_names(cfg.data.path))
     tflite_paths = {}
     if tflite:
         tflite_paths["none"] = version_dir / TFLITE_FILE
@@ -287,25 +298,39 @@ def save_serving_model(model: keras.Model, version_dir: Path, labels: list[str],
     }
     write_saved_model(version_dir, {"model": model, "embedding_model": embedding_model,
                                     "framewise_model": framewise},
-                      signatures, labels, model_contract(cfg, labels))
+                      signatures, labels, model_contract(cfg, labels),
+                      catalog.species_names(cfg.data.path))
 
 
 def write_saved_model(version_dir: Path, models: dict[str, keras.Model | None],
-                      signatures: dict, labels: list[str], contract: dict) -> None:
+                      signatures: dict, labels: list[str], contract: dict,
+                      names: dict[str, tuple[str, str]]) -> None:
     """``tf.saved_model.save`` of a module holding ``models`` (by attribute name), with
-    ``signatures`` and the assets ``labels.txt`` and ``model_config.json`` (``contract``)."""
+    ``signatures`` and the assets ``labels.txt``, ``model_config.json`` (``contract``) and
+    ``species.csv`` (``write_species`` of ``names``)."""
     with tempfile.TemporaryDirectory() as staging:
         labels_path = Path(staging) / "labels.txt"
         labels_lib.write_labels(labels, labels_path)
         config_path = Path(staging) / "model_config.json"
         config_path.write_text(json.dumps(contract, indent=2))
+        species_path = Path(staging) / "species.csv"
+        write_species(labels, names, species_path)
 
         module = tf.Module()
         for name, model in models.items():
             setattr(module, name, model)
         module.labels_file = tf.saved_model.Asset(str(labels_path))
         module.config_file = tf.saved_model.Asset(str(config_path))
+        module.species_file = tf.saved_model.Asset(str(species_path))
         tf.saved_model.save(module, str(version_dir), signatures=signatures)
+
+
+def write_species(labels: list[str], names: dict[str, tuple[str, str]], path: Path) -> None:
+    """``assets/species.csv``: ``label,scientific_name,common_name`` of each label, from the
+    data set's taxonomy (``catalog.species_names``) or ``catalog.label_names``; ``analyze``
+    writes these names into BirdNET's tables."""
+    pd.DataFrame([(label, *catalog.label_names(label, names)) for label in labels],
+                 columns=["label", "scientific_name", "common_name"]).to_csv(path, index=False)
 
 
 def model_contract(cfg: config.Config, labels: list[str]) -> dict:
@@ -418,15 +443,17 @@ def quantize_int8(converter: tf.lite.TFLiteConverter, calibration_waveforms: np.
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative_dataset)
-    names = [tensor["name"] for tensor in tf.lite.Interpreter(
-        model_content=debugger.calibrated_model).get_tensor_details()]
-    keep_float = sorted({name for name in names
-                         if any(f"/{layer}" in name for layer in INT8_FLOAT_LAYERS)})
-    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=keep_float)
-    return debugger.get_nondebug_quantized_model()
+    with warnings.catch_warnings():  # The debugger runs TensorFlow's own interpreter.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative_dataset)
+        names = [tensor["name"] for tensor in Interpreter(
+            model_content=debugger.calibrated_model).get_tensor_details()]
+        keep_float = sorted({name for name in names
+                             if any(f"/{layer}" in name for layer in INT8_FLOAT_LAYERS)})
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=keep_float)
+        return debugger.get_nondebug_quantized_model()
 
 
 # --- Running the exported artifacts (used by the agreement check and tests) -----------------
@@ -443,9 +470,10 @@ def run_tflite(tflite_path: Path, inputs: np.ndarray, input_name: str = INPUT_NA
     """Runs the TFLite model on a batch of any size (the batch dimension is dynamic).
 
     Its signature is ``serving_default`` with input ``input_name`` (``waveform``, or
-    ``embedding`` for a head); the converter names the single output ``output_0``.
+    ``embedding`` for a head); the converter names the single output ``output_0``. Runs on
+    LiteRT (``ai-edge-litert``), TensorFlow's successor to ``tf.lite.Interpreter``.
     """
-    interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
+    interpreter = Interpreter(model_path=str(tflite_path))
     runner = interpreter.get_signature_runner(SIGNATURE)
     (probabilities,) = runner(**{input_name: np.asarray(inputs, np.float32)}).values()
     return probabilities

@@ -153,8 +153,8 @@ def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: 
     failures = refused_failures(refused) + [f for s in sidecars.values() for f in s["failures"]]
     ingested = [dict(i, split=s["split"]) for s in sidecars.values() for i in s["ingested"]]
     splits = {split: split_entry([sidecars[s.name] for s in plan if s.split == split],
-                                 int((recordings["split"] == split).sum()), labels)
-              for split in SPLITS}
+                                 sum(i["split"] == split for i in ingested), labels)
+              for split in SPLITS}  # Recordings ingested: a failed file counts in no split.
     manifest = build_manifest(cfg, data, labels, splits, len(failures))
     manifest.update({
         "complete": True,

@@ -25,7 +25,7 @@ AUDIO_SUFFIXES = catalog.AUDIO_SUFFIXES
 
 def prepare_and_train(cfg: config.Config, data_given: bool = False,
                       run_dir: str | Path | None = None, reingest: bool = False,
-                      progress: bool = True) -> tuple[Path, dict]:
+                      progress: bool = True, overwrite: bool = False) -> tuple[Path, dict]:
     """Synthesises (if needed), ingests (if needed) and trains; returns the run and scores.
 
     Args:
@@ -34,7 +34,10 @@ def prepare_and_train(cfg: config.Config, data_given: bool = False,
         run_dir: run folder; default a new timestamped one.
         reingest: rewrite the records even when they match.
         progress: progress bars.
+        overwrite: train again in a ``run_dir`` that holds a finished run (else refused).
     """
+    if run_dir is not None and not overwrite:  # Refused at once, not after ingesting.
+        training.check_not_finished(Path(run_dir))
     # First: splitting the CPU for MirroredStrategy must precede any TensorFlow work (ingest).
     strategy = training.make_strategy(cfg.train)
     data = Path(cfg.data.path)
@@ -50,7 +53,7 @@ def prepare_and_train(cfg: config.Config, data_given: bool = False,
                  records_dir)
     log.info("Records: %s", {s: v["examples"] for s, v in manifest["splits"].items()})
     return training.train(cfg, records_dir, run_dir=run_dir, progress=progress,
-                          strategy=strategy)
+                          strategy=strategy, overwrite=overwrite)
 
 
 def ensure_synthetic_corpus(data: Path, synth_cfg: config.SynthConfig, progress: bool) -> None:

@@ -5,12 +5,13 @@ A run folder ``runs/<timestamp>/`` receives:
 - ``config.yaml`` (the resolved config), ``labels.txt`` and ``environment.json`` (git commit
   and package versions);
 - ``checkpoints/last.keras`` (every epoch) and ``model.keras`` (the epoch with the best
-  validation ROC-AUC, or with ``train.model_selection: last`` the final weights);
+  validation ROC-AUC, or with ``train.model_selection: last`` the final weights): the
+  architecture and weights without the optimizer's state (``inference_model``);
 - ``logs/`` for TensorBoard (with the learning rate, a few augmented training inputs as
   images, each class's validation ROC-AUC of ``model.keras`` at the end, and profiler traces
   when ``train.profile_batch`` is set) and ``training_log.csv`` (one row per epoch);
 - ``backup/`` while training runs: ``keras.callbacks.BackupAndRestore`` state at the end of
-  each epoch. Rerunning the same command with the same run folder after a crash continues
+  each epoch, the only checkpoint with the optimizer's state. Rerunning the same command with the same run folder after a crash continues
   from the last finished epoch; the folder is deleted when training ends;
 - ``metrics.json``: ``macro_roc_auc``, ``padded_cmap`` and ``row_f1`` of ``model.keras`` on
   the validation split (and ``top1_accuracy`` for ``model.task: multiclass``).
@@ -466,8 +467,8 @@ def resume_state(run_dir: Path) -> tuple[int, float | None]:
 
 
 def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | None = None,
-          progress: bool = True,
-          strategy: tf.distribute.Strategy | None = None) -> tuple[Path, dict]:
+          progress: bool = True, strategy: tf.distribute.Strategy | None = None,
+          overwrite: bool = False) -> tuple[Path, dict]:
     """Trains on ``records_dir`` and scores the best checkpoint on the validation split.
 
     Args:
@@ -477,6 +478,8 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
         progress: Keras progress bars.
         strategy: default ``make_strategy(cfg.train)``; pass one made before TensorFlow
             started when other TensorFlow work runs first in this process.
+        overwrite: train from scratch in a ``run_dir`` that holds a finished run
+            (``check_not_finished``; without it, that raises).
 
     Returns:
         ``(run_dir, scores)`` with the scores also in ``run_dir/metrics.json``. A
@@ -502,6 +505,7 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     if chief:
         run_dir = Path(run_dir) if run_dir else make_run_dir(cfg.train.runs_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        check_not_finished(run_dir, overwrite)
         check_resumable(run_dir, cfg)
         config.save(cfg, run_dir / CONFIG_FILE)
         labels_lib.write_labels(labels, run_dir / LABELS_FILE)
@@ -557,11 +561,11 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
         shutil.rmtree(output_dir, ignore_errors=True)
         return run_dir and Path(run_dir), {}
     if cfg.train.model_selection == "last":
-        model.save(run_dir / MODEL_FILE)
+        inference_model(model).save(run_dir / MODEL_FILE)
     elif not (run_dir / MODEL_FILE).is_file():  # val_roc_auc never defined (no positives).
         log.warning("No epoch had a validation ROC-AUC; keeping the last epoch's model.")
-        model.save(run_dir / MODEL_FILE)
-    best = keras.models.load_model(run_dir / MODEL_FILE)
+        inference_model(model).save(run_dir / MODEL_FILE)
+    best = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
     scores = evaluate(best, records_dir, manifest, cfg.train.global_batch_size,
                       task=cfg.model.task,
                       secondary_label_weight=cfg.data.secondary_label_weight,
@@ -613,6 +617,52 @@ def write_metrics(scores: dict, path: Path) -> None:
     path.write_text(json.dumps(plain, indent=2))
 
 
+RUN_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE)  # What every finished run folder holds.
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a ``Path`` when it is a run folder that ``train`` finished.
+
+    Raises:
+        ValueError: a folder without ``model.keras``, ``config.yaml`` or ``labels.txt``.
+    """
+    run_dir = Path(run_dir)
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"{run_dir} is not a run folder: it has no {', '.join(missing)}. A run folder is "
+            f"what train writes (runs/<timestamp> by default): {', '.join(RUN_FILES)}, "
+            f"{METRICS_FILE}, {TRAINING_LOG_FILE} and checkpoints/. "
+            f"Received: run_dir={str(run_dir)!r}")
+    return run_dir
+
+
+def training_finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a trained model and no backup of an unfinished run."""
+    return ((run_dir / MODEL_FILE).is_file() or (run_dir / METRICS_FILE).is_file()) and not (
+        run_dir / BACKUP_DIR).is_dir()
+
+
+def check_not_finished(run_dir: Path, overwrite: bool = False) -> None:
+    """Refuses to train again in a finished run folder unless ``overwrite``; with it,
+    deletes the finished run's model and scores first. A folder with ``backup/`` (a killed
+    run) is resumed instead, so it always passes.
+
+    Raises:
+        ValueError: a finished run and ``overwrite=False``.
+    """
+    if not training_finished(run_dir):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{run_dir} holds a finished run (its {MODEL_FILE} and {METRICS_FILE}); training "
+            f"again would replace them. Use another --run-dir, or --overwrite to train from "
+            f"scratch in this folder. Received: run_dir={str(run_dir)!r}")
+    log.info("--overwrite: training again in %s, replacing its model and scores", run_dir)
+    for name in (MODEL_FILE, METRICS_FILE, TRAINING_LOG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def check_resumable(run_dir: Path, cfg: config.Config) -> None:
     """Raises when ``run_dir`` holds a backup made with another config (the weights or the
     schedule would not match)."""
@@ -625,6 +675,22 @@ def check_resumable(run_dir: Path, cfg: config.Config) -> None:
         raise ValueError(
             f"{run_dir} holds an unfinished run made with another config; resume it with the "
             f"same settings, or use another --run-dir. Received: changed={changed}")
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The same layers and weights as ``model``, uncompiled: saving it writes the
+    architecture and weights without the optimizer's state (AdamW's two moments would make
+    the file three times as large). Resuming reads ``BackupAndRestore``'s backup, the one
+    checkpoint that keeps the optimizer."""
+    return keras.Model(model.input, model.output, name=model.name)
+
+
+class InferenceCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that saves ``inference_model`` of the trained model (no
+    optimizer state); which epochs it saves is unchanged."""
+
+    def set_model(self, model):
+        super().set_model(inference_model(model))
 
 
 def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.TrainConfig(),
@@ -643,9 +709,9 @@ def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.Tra
         delete_backup: delete the backup when ``fit`` ends (all but the last phase keep it).
     """
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    callbacks = [keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / "last.keras")]
+    callbacks = [InferenceCheckpoint(run_dir / "checkpoints" / "last.keras")]
     if train_cfg.model_selection == "best":  # "last": train() saves the final weights.
-        callbacks.append(keras.callbacks.ModelCheckpoint(
+        callbacks.append(InferenceCheckpoint(
             run_dir / MODEL_FILE, monitor="val_roc_auc", mode="max", save_best_only=True,
             initial_value_threshold=best_score))
     callbacks += [
