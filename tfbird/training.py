@@ -681,16 +681,24 @@ def inference_model(model: keras.Model) -> keras.Model:
     """The same layers and weights as ``model``, uncompiled: saving it writes the
     architecture and weights without the optimizer's state (AdamW's two moments would make
     the file three times as large). Resuming reads ``BackupAndRestore``'s backup, the one
-    checkpoint that keeps the optimizer."""
-    return keras.Model(model.input, model.output, name=model.name)
+    checkpoint that keeps the optimizer. A model without symbolic inputs (a ``Sequential``
+    that ``fit`` built; tfbird's models all start with ``keras.Input``) is returned as it is.
+    """
+    try:
+        inputs, outputs = model.input, model.output
+    except AttributeError:
+        return model
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 class InferenceCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` that saves ``inference_model`` of the trained model (no
-    optimizer state); which epochs it saves is unchanged."""
+    optimizer state); which epochs it saves is unchanged. The view is made when saving: a
+    model ``fit`` builds on its first batch has no inputs before."""
 
-    def set_model(self, model):
-        super().set_model(inference_model(model))
+    @property
+    def model(self):
+        return inference_model(super().model)
 
 
 def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.TrainConfig(),
