@@ -235,3 +235,34 @@ def test_a_birdnet_head_on_real_clips_exports_with_the_model_and_its_licence(tmp
         for info in (analyze.read_model_info(result.saved_model_dir),
                      analyze.read_model_info(run_dir)))
     np.testing.assert_allclose(by_export, by_run, atol=1e-5)
+
+
+# --- The location filter -------------------------------------------------------------------
+
+
+@requires_birdnet
+def test_birdnet_location_model_keeps_a_resident_at_home_and_drops_it_far_away():
+    home = backbones.birdnet_occurrence(42.5, -76.45, 20)  # Ithaca, NY, in May
+    far = backbones.birdnet_occurrence(-33.9, 151.2, 20)  # Sydney
+    assert len(home) == 6522
+    assert home["Poecile atricapillus"] > 0.5 > 0.03 > far["Poecile atricapillus"]
+
+
+@requires_birdnet
+def test_analyze_location_filter_matches_labels_by_scientific_name(tmp_path):
+    labels = ("Poecile atricapillus_Black-capped Chickadee", "Dacelo novaeguineae_Laughing Kookaburra",
+              "dog_bark")
+    info = analyze.ModelInfo(tmp_path, "fake", labels, 48000, 144000, (0.0, 15000.0), 0.0)
+    table = analyze.location_filter(info, config.AnalyzeConfig(latitude=42.5,
+                                                               longitude=-76.45, week=20))
+    assert table["kept"].tolist() == [True, False, True]  # dog_bark: no species, kept
+    assert np.isnan(table["occurrence"][2])
+    assert table["scientific_name"].tolist()[:2] == ["Poecile atricapillus",
+                                                     "Dacelo novaeguineae"]
+
+
+@pytest.mark.parametrize("values", [{"latitude": 42.5}, {"latitude": 95.0, "longitude": 0.0},
+                                    {"latitude": 0.0, "longitude": 0.0, "week": 49}])
+def test_location_settings_out_of_range_are_refused(values):
+    with pytest.raises(ValueError, match="analyze."):
+        config.AnalyzeConfig(**values).validate()

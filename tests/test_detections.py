@@ -149,6 +149,7 @@ def test_species_names_from_birdclef_taxonomy_cornell_and_birdnet_labels(tmp_pat
     assert catalog.label_names("Poecile atricapillus_Black-capped Chickadee") == (
         "Poecile atricapillus", "Black-capped Chickadee")
     assert catalog.label_names("dog") == ("dog", "dog")
+    assert catalog.label_names("dog_bark") == ("dog_bark", "dog_bark")  # ESC-50: no binomial
 
 
 def test_parquet_without_pyarrow_is_a_usage_error(monkeypatch):

