@@ -177,8 +177,18 @@ def test_a_head_on_perch_embeddings_trains_exports_and_analyzes_as_in_process(tm
 
     result = exporter.export_run(run_dir, tflite=True)
     contract = json.loads((result.saved_model_dir / "assets" / "model_config.json").read_text())
-    assert contract["input"] == "embedding" and contract["backbone"]["name"] == "perch"
+    # Perch is a TF model: the SavedModel holds it, waveform in (TF Serving serves it whole).
+    assert contract["input"] == "waveform" and contract["backbone"]["name"] == "perch"
     assert (result.saved_model_dir / contract["backbone"]["file"] / "saved_model.pb").is_file()
+    signatures = tf.saved_model.load(str(result.saved_model_dir)).signatures
+    assert sorted(signatures) == ["embed", "head", "labels", "serving_default"]
+    probe = np.random.default_rng(2).normal(0, 0.1, [2, PERCH_WINDOW]).astype(np.float32)
+    embedded = signatures["embed"](waveform=tf.constant(probe))["embedding"].numpy()
+    np.testing.assert_allclose(embedded, fake_perch_embedding(probe), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        signatures["head"](embedding=tf.constant(embedded))["probabilities"].numpy(),
+        signatures["serving_default"](waveform=tf.constant(probe))["probabilities"].numpy(),
+        atol=1e-6)
     differences = exporter.compare_outputs(result, np.random.default_rng(1).normal(
         0, 0.1, [4, PERCH_WINDOW]).astype(np.float32))
     assert max(differences.values()) < 1e-5, differences
@@ -191,7 +201,9 @@ def test_a_head_on_perch_embeddings_trains_exports_and_analyzes_as_in_process(tm
     expected = result.serving_model.predict(fake_perch_embedding(window), verbose=0)
     for model_path in (result.saved_model_dir, result.tflite_path, run_dir):
         info = analyze.read_model_info(model_path)
-        assert info.backbone[0] == "perch" and info.sample_rate_hz == 32000
+        # Only the forms that hold the head alone run the backbone first.
+        assert (info.backbone is None) == (model_path == result.saved_model_dir)
+        assert info.sample_rate_hz == 32000
         scored = analyze.score_recording(recording, analyze.load_predictor(info), info,
                                          config.AnalyzeConfig())
         np.testing.assert_allclose(scored.scores, expected, atol=2e-3)

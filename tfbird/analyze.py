@@ -43,6 +43,7 @@ from tfbird.waveform import AudioDecodeError, CountedBlocks, open_sound, stream_
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 PROBABILITIES = "probabilities"  # The serving_default outputs (exporter.OUTPUT_NAME, ...).
 FRAMEWISE = "framewise"
+EMBEDDING = "embedding"  # The input of a head on a pretrained backbone (exporter.EMBEDDING_NAME).
 ERRORS_FILE = "errors.csv"
 LOCATION_FILE = "location_filter.csv"  # The labels the location filter kept, and why.
 log = logging.getLogger(__name__)
@@ -334,8 +335,11 @@ def info_from_assets(path: Path, kind: str, assets_dir: Path, modified_time: flo
     contract = json.loads(contract_path.read_text())
     frontend = contract["frontend"]
     backbone = contract.get("backbone")
-    if backbone is not None:  # Its file, relative to the version folder (assets' parent).
+    if backbone is not None and (kind == "tflite" or contract.get("input") == EMBEDDING):
+        # The form holds only the head: its backbone's file, relative to the version folder.
         backbone = (backbone["name"], str(assets_dir.parent / backbone["file"]))
+    else:  # No backbone, or a SavedModel that holds it (Perch).
+        backbone = None
     return ModelInfo(path, kind, labels, int(contract["audio"]["sample_rate_hz"]),
                      int(contract["window_samples"]),
                      (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time,

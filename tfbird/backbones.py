@@ -218,8 +218,8 @@ def perch_backbone(path: str) -> Backbone:
                                       embedding_dim))
 
 
-def perch_embedding_function(path: str) -> Callable[[np.ndarray], np.ndarray]:
-    """``waveforms [n, samples] -> embeddings [n, dim]`` of a Perch SavedModel.
+def load_perch(path: str):
+    """The Perch SavedModel at ``path`` (``tf.saved_model.load``), checked for a way to embed.
 
     Raises:
         ValueError: not a SavedModel folder, or neither ``infer_tf`` nor a
@@ -231,17 +231,29 @@ def perch_embedding_function(path: str) -> Callable[[np.ndarray], np.ndarray]:
         raise ValueError(f"model.backbone_path must be a Perch SavedModel folder (with "
                          f"saved_model.pb). Received: backbone_path={path!r}")
     loaded = tf.saved_model.load(path)
-    if hasattr(loaded, "infer_tf"):
-        def embed(waveforms):
-            outputs = loaded.infer_tf(tf.constant(waveforms, tf.float32))
-            embedding = outputs["embedding"] if isinstance(outputs, dict) else outputs[1]
-            return np.asarray(embedding, np.float32)
-        return embed
     signature = loaded.signatures.get("serving_default")
-    if signature is None or "embedding" not in signature.structured_outputs:
+    if not hasattr(loaded, "infer_tf") and (
+            signature is None or "embedding" not in signature.structured_outputs):
         raise ValueError(f"The SavedModel has neither infer_tf nor a serving_default "
                          f"signature with an 'embedding' output. Received: backbone_path={path!r}")
-    input_name = next(iter(signature.structured_input_signature[1]))
-    return lambda waveforms: signature(**{input_name: tf.constant(waveforms, tf.float32)})[
-        "embedding"].numpy()
+    return loaded
 
+
+def perch_embedding(loaded, waveform):
+    """Perch's embedding of ``waveform [batch, samples]`` (a tensor; graph or eager):
+    ``infer_tf``'s ``embedding`` (or second output), else ``serving_default``'s."""
+    if hasattr(loaded, "infer_tf"):
+        outputs = loaded.infer_tf(waveform)
+        return outputs["embedding"] if isinstance(outputs, dict) else outputs[1]
+    signature = loaded.signatures["serving_default"]
+    input_name = next(iter(signature.structured_input_signature[1]))
+    return signature(**{input_name: waveform})["embedding"]
+
+
+def perch_embedding_function(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``waveforms [n, samples] -> embeddings [n, dim]`` of a Perch SavedModel (numpy)."""
+    import tensorflow as tf
+
+    loaded = load_perch(path)
+    return lambda waveforms: np.asarray(
+        perch_embedding(loaded, tf.constant(waveforms, tf.float32)), np.float32)

@@ -46,6 +46,7 @@ INPUT_NAME = "waveform"
 OUTPUT_NAME = "probabilities"
 FRAMEWISE_NAME = "framewise"  # A second serving_default output, for models with the sed head.
 EMBED_SIGNATURE = "embed"
+HEAD_SIGNATURE = "head"  # A Perch export: the head alone, embedding -> probabilities.
 EMBEDDING_NAME = "embedding"
 LABELS_SIGNATURE = "labels"
 LABELS_NAME = "labels"
@@ -71,6 +72,7 @@ class ExportResult:
     labels: list[str]
     framewise_model: keras.Model | None = None
     backbone: backbones.Backbone | None = None
+    waveform_saved_model: bool = False  # A head export whose SavedModel holds its backbone.
 
     @property
     def input_name(self) -> str:
@@ -216,31 +218,65 @@ def export_embedding_head(cfg: config.Config, head: keras.Model, labels: list[st
                           version_dir: Path, tflite: bool = False) -> ExportResult:
     """Exports a head trained on a pretrained backbone's embeddings (``model.backbone``).
 
-    The version folder holds the head as a SavedModel (``serving_default``: ``embedding
-    [batch, dim]`` -> ``probabilities``; TF Serving can serve it to clients that send
-    embeddings), with ``--tflite`` the head as ``model.tflite`` (same input), and the
-    backbone itself in ``backbone/`` (for BirdNET its ``.tflite`` and licence), so the folder
-    is the whole model: ``analyze`` runs backbone then head on waveforms. The contract in
-    ``assets/model_config.json`` names the backbone, its licence and its file.
+    The version folder holds the backbone itself in ``backbone/`` (for BirdNET its
+    ``.tflite`` and licence), the head as ``model.tflite`` with ``--tflite`` (``embedding
+    [batch, dim]`` -> ``probabilities``), and a SavedModel:
+
+    - Perch (a TF model): the whole model, ``serving_default`` ``waveform`` ->
+      ``probabilities``, ``embed`` (waveform -> embedding) and ``head`` (embedding ->
+      probabilities): TF Serving serves it as any tfbird export.
+    - BirdNET (TFLite, which a SavedModel cannot hold): the head, ``serving_default``
+      ``embedding`` -> ``probabilities``, for clients that send embeddings.
+
+    ``analyze`` runs the folder on waveforms (backbone then head where the form holds only
+    the head). The contract in ``assets/model_config.json`` names the backbone, its licence,
+    its file, and the SavedModel's ``input``.
     """
     backbone = backbones.load_backbone(cfg.model)
     serving_model = build_head_serving_model(cfg, head)
     backbone_file = backbones.copy_backbone(cfg.model, version_dir / BACKBONE_DIR)
-    contract = {**model_contract(cfg, labels), "input": EMBEDDING_NAME,
-                "input_shape": [backbone.embedding_dim],
+    head_function = serving_function(serving_model, backbone.embedding_dim,
+                                     input_name=EMBEDDING_NAME)
+    models = {"model": serving_model}
+    signatures = {SIGNATURE: head_function, LABELS_SIGNATURE: labels_function(labels)}
+    waveform_in = cfg.model.backbone == "perch"
+    if waveform_in:
+        perch = backbones.load_perch(str(backbone_file))
+        models["backbone"] = perch
+        signatures.update({SIGNATURE: perch_serving_function(perch, serving_model,
+                                                             backbone.window_samples),
+                           EMBED_SIGNATURE: perch_serving_function(perch, None,
+                                                                   backbone.window_samples),
+                           HEAD_SIGNATURE: head_function})
+    contract = {**model_contract(cfg, labels),
+                "input": INPUT_NAME if waveform_in else EMBEDDING_NAME,
+                "embedding_shape": [backbone.embedding_dim],
                 "backbone": {**backbone.describe(),
                              "file": str(backbone_file.relative_to(version_dir))}}
-    signatures = {SIGNATURE: serving_function(serving_model, backbone.embedding_dim,
-                                              input_name=EMBEDDING_NAME),
-                  LABELS_SIGNATURE: labels_function(labels)}
-    write_saved_model(version_dir, {"model": serving_model}, signatures, labels, contract,
+    write_saved_model(version_dir, models, signatures, labels, contract,
                       catalog.species_names(cfg.data.path))
     tflite_paths = {}
     if tflite:
         tflite_paths["none"] = version_dir / TFLITE_FILE
         tflite_paths["none"].write_bytes(convert_to_tflite(serving_model))
     return ExportResult(version_dir, tflite_paths, serving_model, None, labels,
-                        backbone=backbone)
+                        backbone=backbone, waveform_saved_model=waveform_in)
+
+
+def perch_serving_function(perch, head_serving: keras.Model | None, window_samples: int
+                           ) -> tf.types.experimental.PolymorphicFunction:
+    """``{waveform}`` -> ``{probabilities}`` of Perch then the head, or without a head
+    ``{embedding}`` (the ``embed`` signature)."""
+    spec = tf.TensorSpec([None, window_samples], tf.float32, name=INPUT_NAME)
+
+    @tf.function(input_signature=[spec])
+    def serve(waveform):
+        embedding = backbones.perch_embedding(perch, waveform)
+        if head_serving is None:
+            return {EMBEDDING_NAME: embedding}
+        return {OUTPUT_NAME: head_serving(embedding, training=False)}
+
+    return serve
 
 
 def check_quantize(quantize: tuple[str, ...], calibration_waveforms: np.ndarray | None) -> None:
@@ -492,12 +528,14 @@ def compare_outputs(result: ExportResult, waveforms: np.ndarray) -> dict[str, fl
     ``tflite_output_key(variant)`` per TFLite file.
     """
     inputs, name = result.model_inputs(waveforms), result.input_name
+    saved_inputs, saved_name = (waveforms, INPUT_NAME) if result.waveform_saved_model else (
+        inputs, name)
     keras_probabilities = result.serving_model.predict(inputs, verbose=0)
-    differences = {"saved_model": float(np.abs(
-        run_saved_model(result.saved_model_dir, inputs, name) - keras_probabilities).max())}
+    differences = {"saved_model": float(np.abs(run_saved_model(
+        result.saved_model_dir, saved_inputs, saved_name) - keras_probabilities).max())}
     if serving_api_available():
         response = serve_predict_request(result.saved_model_dir,
-                                         predict_request(inputs, input_name=name))
+                                         predict_request(saved_inputs, input_name=saved_name))
         served = tf.make_ndarray(response.outputs[OUTPUT_NAME])
         differences["tf_serving_request"] = float(np.abs(served - keras_probabilities).max())
     for variant, path in result.tflite_paths.items():

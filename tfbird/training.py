@@ -588,11 +588,12 @@ def build_model(model_cfg: config.ModelConfig, num_classes: int, manifest: dict)
     """
     recorded = manifest.get("backbone", {}).get("name", "resnet50")
     if recorded != model_cfg.backbone:
+        held = (f"{recorded} embeddings" if recorded != "resnet50"
+                else f"{manifest.get('store', records.LOGMEL)} records for resnet50")
         raise ValueError(
-            f"The records hold {recorded} embeddings (store {manifest.get('store')!r}) but "
-            f"the config trains model.backbone {model_cfg.backbone!r}: ingest again with "
-            f"this backbone, or set --set model.backbone={recorded}. "
-            f"Received: backbone={model_cfg.backbone!r}")
+            f"The records hold {held} but the config trains model.backbone "
+            f"{model_cfg.backbone!r}: ingest again with this backbone, or use "
+            f"--set model.backbone={recorded}. Received: backbone={model_cfg.backbone!r}")
     if embedding_records(manifest):
         return build_embedding_head(model_cfg, num_classes, manifest["feature"]["shape"][0])
     return build_classifier(model_cfg, num_classes, dataset.input_shape(manifest))
