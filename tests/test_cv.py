@@ -87,6 +87,8 @@ def test_own_data_records_are_named_after_the_data_set_never_the_demo():
     assert catalog.default_records_dir("/data/birdclef-2024/train_metadata.csv", 3) == \
         Path("records/birdclef-2024-fold3")
     assert catalog.default_records_dir("/data/my_birds/") == Path("records/my_birds")
+    assert catalog.default_records_dir("/data/my_birds/", backbone="birdnet") == Path(
+        "records/my_birds-birdnet")
 
 
 def test_train_with_data_writes_records_beside_not_into_the_demo(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import tensorflow as tf
 from conftest import requires_shared_audio, shared_recordings
 from test_backbones import HAS_BIRDNET, FakePerch
 
-from tfbird import cli, config, search
+from tfbird import catalog, cli, config, search
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,12 @@ def test_search_finds_the_query_window_first_and_exports_clips_to_review(tmp_pat
     assert list(review["label"]) == ["", "", ""]
     first, rate = soundfile.read(tmp_path / "clips" / review["filename"][0])
     assert rate == 32000 and len(first) == 5 * 32000
+    # Labelled, the review table is a data set (CSV layout) for train and cv.
+    review.assign(label=["low", "low", "high"]).to_csv(tmp_path / "clips" / "labelled.csv",
+                                                        index=False)
+    labelled = tmp_path / "clips" / "labelled.csv"
+    table, labels = catalog.read_catalog(labelled, catalog.detect_layout(labelled))
+    assert labels == ["high", "low"] and (table["error"] == "").all()
 
 
 def test_search_refuses_a_folder_that_is_not_an_embeddings_folder(tmp_path):
