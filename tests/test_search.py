@@ -68,6 +68,16 @@ def test_search_finds_the_query_window_first_and_exports_clips_to_review(tmp_pat
     assert labels == ["high", "low"] and (table["error"] == "").all()
 
 
+def test_the_query_window_is_read_from_its_start_and_must_lie_in_the_recording(tmp_path):
+    audio = write_chirps(tmp_path / "audio")
+    window = search.read_window(audio / "a.wav", 10.0, 32000, 5 * 32000)
+    expected, _ = soundfile.read(audio / "a.wav", start=10 * 32000, dtype="float32")
+    np.testing.assert_allclose(window[:2 * 32000], expected, atol=1e-4)
+    assert not window[2 * 32000:].any()  # Zero-padded past the end.
+    with pytest.raises(ValueError, match="start_s=12.5"):
+        search.read_window(audio / "a.wav", 12.5, 32000, 5 * 32000)
+
+
 def test_search_refuses_a_folder_that_is_not_an_embeddings_folder(tmp_path):
     with pytest.raises(ValueError, match="Not an embeddings folder"):
         search.read_db(tmp_path)

@@ -46,12 +46,13 @@ FRAMEWISE = "framewise"
 EMBEDDING = "embedding"  # The input of a head on a pretrained backbone (exporter.EMBEDDING_NAME).
 ERRORS_FILE = "errors.csv"
 LOCATION_FILE = "location_filter.csv"  # The labels the location filter kept, and why.
-log = logging.getLogger(__name__)
 COMBINED_CSV = "detections.csv"
 ASSETS = "assets"
 LABELS_ASSET = "labels.txt"
 CONTRACT_ASSET = "model_config.json"
 SPECIES_ASSET = "species.csv"  # label,scientific_name,common_name (exporter.write_species)
+
+log = logging.getLogger(__name__)
 
 
 # --- Inputs ------------------------------------------------------------------------------
@@ -370,8 +371,8 @@ def load_predictor(info: ModelInfo, num_threads: int | None = None
     The outputs are those of the ``serving_default`` signature: ``probabilities [n,
     classes]``, and ``framewise [n, frames, classes]`` for a run or SavedModel with the
     ``sed`` head (the TFLite file has probabilities only, run by the LiteRT interpreter,
-    ``ai-edge-litert``). ``num_threads`` limits the interpreter's threads; by default it uses every core, as TensorFlow does (the
-    interpreter's own default is one thread).
+    ``ai-edge-litert``). ``num_threads`` limits the interpreter's threads; by default it
+    uses every core, as TensorFlow does (the interpreter's own default is one thread).
 
     A head on a pretrained backbone (``info.backbone``) gets the backbone's embeddings of
     the waveforms (``backbones.load_backbone``).

@@ -195,40 +195,33 @@ def bench_embed(files: list[Path], model_cfg: config.ModelConfig, repeats: int =
         return analyze.batched(analyze.stream_windows(blocks, backbone.window_samples,
                                                       backbone.window_samples), 32)
 
-    def timed(embed: bool) -> tuple[float, int, float]:
-        started, windows, samples = time.perf_counter(), 0, 0
+    def timed(embed: bool) -> tuple[float, int]:
+        started, windows = time.perf_counter(), 0
         for path in files:
             for _, batch in windows_of(path):
                 windows += len(batch)
                 if embed:
                     backbone.embed(batch)
-            samples += sf_frames_at(path, backbone.sample_rate_hz)
-        return time.perf_counter() - started, windows, samples / backbone.sample_rate_hz
+        return time.perf_counter() - started, windows
 
+    audio_s = sum(analyze.recording_duration_s(path) for path in files)
     decode = [timed(False) for _ in range(repeats)]
     embedded = [timed(True) for _ in range(repeats)]
-    audio_s, windows = decode[0][2], decode[0][1]
-    decode_s = statistics.median(t for t, _, _ in decode)
-    embed_s = statistics.median(t for t, _, _ in embedded)
+    windows = decode[0][1]
+    decode_s = statistics.median(t for t, _ in decode)
+    embed_s = statistics.median(t for t, _ in embedded)
     return {"files": len(files), "audio_h": audio_s / 3600, "windows": windows,
             "decode_s": decode_s, "embed_s": embed_s, "decode_realtime": audio_s / decode_s,
             "embed_realtime": audio_s / embed_s, "backbone": backbone.describe()}
 
 
-def sf_frames_at(path: Path, sample_rate_hz: int) -> int:
-    """A recording's length in samples at ``sample_rate_hz`` (from its header)."""
-    import soundfile
-
-    info = soundfile.info(str(path))
-    return int(round(info.frames * sample_rate_hz / info.samplerate))
-
-
 def format_embed_section(result: dict, command: str) -> str:
     backbone = result["backbone"]
     return (f"## {EMBED_TITLE}\n\nCommand: `{command}` on {datetime.date.today()}, "
-            f"{os.cpu_count()} CPU cores ({platform.machine()}); medians of the repeats; whole recordings read in blocks and resampled to "
-            f"{backbone['sample_rate_hz']} Hz, windows of {backbone['window_samples']} "
-            f"samples without overlap, {os.cpu_count()} interpreter threads).\n\n"
+            f"{os.cpu_count()} CPU cores ({platform.machine()}). Medians of the repeats; whole "
+            f"recordings read in blocks and resampled to {backbone['sample_rate_hz']} Hz, "
+            f"windows of {backbone['window_samples']} samples without overlap, "
+            f"{os.cpu_count()} interpreter threads.\n\n"
             f"| {backbone['name']} {backbone['version']} | files | audio (h) | windows | "
             f"seconds | realtime factor |\n|---|---:|---:|---:|---:|---:|\n"
             f"| decode + resample + windows | {result['files']} | {result['audio_h']:.2f} | "

@@ -653,7 +653,6 @@ class Config:
                  self.augment.mixup_targets)
         return self
 
-
     def check_backbone_contract(self) -> None:
         """An embedding backbone's records hold embeddings of its own audio; of the
         augmentation only mixup applies to embeddings, and no backbone phase is frozen."""

@@ -87,9 +87,12 @@ class ExportResult:
     @property
     def saved_model_bytes(self) -> int:
         """Size of the SavedModel on disk: ``saved_model.pb``, ``variables/`` and
-        ``assets/`` (not the TFLite files beside them), in bytes."""
+        ``assets/`` (not the TFLite files beside them, nor a head export's copied
+        ``backbone/``), in bytes."""
+        backbone_dir = self.saved_model_dir / BACKBONE_DIR
         return sum(path.stat().st_size for path in self.saved_model_dir.rglob("*")
-                   if path.is_file() and path.suffix != ".tflite")
+                   if path.is_file() and path.suffix != ".tflite"
+                   and backbone_dir not in path.parents)
 
     @property
     def tflite_path(self) -> Path | None:

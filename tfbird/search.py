@@ -181,11 +181,16 @@ def read_window(path: str | Path, start_s: float, sample_rate_hz: int,
         ValueError: ``start_s`` at or past the end of the recording.
     """
     start = int(round(start_s * sample_rate_hz))
-    waveform = np.concatenate(list(stream_waveform(path, sample_rate_hz, 60.0)))
-    if start_s < 0 or start >= len(waveform):
+    blocks, read = [], 0
+    for block in stream_waveform(path, sample_rate_hz, 60.0):  # Up to the window's end only.
+        blocks.append(block)
+        read += len(block)
+        if read >= start + window_samples:
+            break
+    if start_s < 0 or start >= read:
         raise ValueError(f"The query window must start within the recording "
-                         f"({len(waveform) / sample_rate_hz:.1f} s). Received: start_s={start_s}")
-    window = waveform[start:start + window_samples]
+                         f"({read / sample_rate_hz:.1f} s). Received: start_s={start_s}")
+    window = np.concatenate(blocks)[start:start + window_samples]
     return np.pad(window, (0, window_samples - len(window))).astype(np.float32)
 
 

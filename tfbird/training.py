@@ -11,8 +11,9 @@ A run folder ``runs/<timestamp>/`` receives:
   images, each class's validation ROC-AUC of ``model.keras`` at the end, and profiler traces
   when ``train.profile_batch`` is set) and ``training_log.csv`` (one row per epoch);
 - ``backup/`` while training runs: ``keras.callbacks.BackupAndRestore`` state at the end of
-  each epoch, the only checkpoint with the optimizer's state. Rerunning the same command with the same run folder after a crash continues
-  from the last finished epoch; the folder is deleted when training ends;
+  each epoch, the only checkpoint with the optimizer's state. Rerunning the same command
+  with the same run folder after a crash continues from the last finished epoch; the folder
+  is deleted when training ends;
 - ``metrics.json``: ``macro_roc_auc``, ``padded_cmap`` and ``row_f1`` of ``model.keras`` on
   the validation split (and ``top1_accuracy`` for ``model.task: multiclass``).
 
