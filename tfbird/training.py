@@ -437,31 +437,121 @@ def write_environment(path: Path) -> dict:
     return environment
 
 
+BACKUP_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's weights
+PREVIOUS_SUFFIX = ".bkp"  # double_checkpoint's copy of the state before the last save
+DELETED_BACKUP_DIR = BACKUP_DIR + ".deleted"  # a backup being removed (remove_backup)
+
+
+def read_backup_epoch(weights_path: Path, metadata_path: Path) -> int | None:
+    """The epochs done in one ``BackupAndRestore`` state (weights and metadata), or ``None``
+    when that state would not restore what its metadata says.
+
+    ``BackupAndRestore._save_model`` writes the weights, then the metadata, in place: a kill
+    in between leaves a metadata file older than its weights (the weights of the next epoch
+    with the previous epoch count), or truncated files. Such a state is not trusted.
+    """
+    import h5py
+
+    try:
+        epoch = int(json.loads(metadata_path.read_text())["epoch"])
+        with h5py.File(weights_path, "r"):
+            pass
+        written_in_order = metadata_path.stat().st_mtime_ns >= weights_path.stat().st_mtime_ns
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epoch if written_in_order else None
+
+
+def replace_atomically(source: Path, target: Path) -> None:
+    """Copies ``source`` over ``target`` through a temporary file: ``target`` is whole."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def restorable_backup_epoch(backup_dir: Path) -> int:
+    """Makes ``backup_dir``'s latest state the one ``BackupAndRestore`` will restore and
+    returns its epochs done (0 without a usable state, whose files are then removed).
+
+    With ``double_checkpoint=True``, Keras falls back to the previous state (``*.bkp``) only
+    when the latest weights fail to load, and then restores the previous epoch count, which
+    the latest metadata does not show. So the state to restore is chosen here, the same way
+    for the CSV log and for Keras: the latest state if it is whole and consistent, else the
+    previous one, copied over the latest before ``fit`` starts.
+    """
+    weights, metadata = backup_dir / BACKUP_WEIGHTS, backup_dir / BACKUP_METADATA
+    previous_weights = weights.with_name(weights.name + PREVIOUS_SUFFIX)
+    previous_metadata = metadata.with_name(metadata.name + PREVIOUS_SUFFIX)
+    epoch = read_backup_epoch(weights, metadata)
+    if epoch is not None:
+        return epoch
+    epoch = read_backup_epoch(previous_weights, previous_metadata)
+    if epoch is not None:
+        log.warning("The latest backup in %s is incomplete (killed while saving); resuming "
+                    "from the previous one, after epoch %d.", backup_dir, epoch)
+        replace_atomically(previous_weights, weights)
+        replace_atomically(previous_metadata, metadata)
+        return epoch
+    for path in (metadata, weights, previous_metadata, previous_weights):
+        path.unlink(missing_ok=True)  # Metadata first: without it nothing is restored.
+    return 0
+
+
+def remove_backup(backup_dir: Path) -> None:
+    """Deletes a backup folder at once: renamed first, so a kill while deleting leaves either
+    the whole backup or none (``shutil.rmtree`` alone may leave the epoch count without its
+    weights, which Keras would restore as a finished run with untrained weights)."""
+    deleted = backup_dir.with_name(backup_dir.name + ".deleted")
+    shutil.rmtree(deleted, ignore_errors=True)
+    if backup_dir.is_dir():
+        os.replace(backup_dir, deleted)
+    shutil.rmtree(deleted, ignore_errors=True)
+
+
+def finished_log_rows(log_path: Path, epochs_done: int) -> tuple[list[str], list[dict]]:
+    """``(fields, rows)`` of ``training_log.csv`` for epochs before ``epochs_done``; a row cut
+    short by a kill (fewer fields than the header) is left out."""
+    with log_path.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        fields = reader.fieldnames or []
+        rows = [row for row in reader
+                if None not in row.values() and None not in row
+                and row["epoch"].strip().isdigit() and int(row["epoch"]) < epochs_done]
+    return fields, rows
+
+
+def write_csv_atomically(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Writes a CSV through a temporary file renamed over ``path``."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
 def resume_state(run_dir: Path) -> tuple[int, float | None]:
     """Prepares a run folder for ``BackupAndRestore``; returns ``(epochs done, best
     val_roc_auc so far)``.
 
-    With a backup of ``k`` finished epochs, rows of ``training_log.csv`` for epoch ``k`` or
-    later (written before a crash, but not backed up) are dropped, so the epochs about to be
-    rerun appear once. Without a backup, training starts again and so does the log. The
-    backup is the last phase's, or else the frozen-backbone phase's (``fit_in_phases``).
+    With a backup of ``k`` finished epochs (``restorable_backup_epoch``: the state Keras will
+    restore), rows of ``training_log.csv`` for epoch ``k`` or later (written before a crash,
+    but not backed up) are dropped, so the epochs about to be rerun appear once. Without a
+    backup, training starts again and so does the log. The backup is the last phase's, or
+    else the frozen-backbone phase's (``fit_in_phases``).
     """
-    backups = [run_dir / BACKUP_DIR / BACKUP_METADATA,
-               run_dir / BACKUP_DIR / FROZEN_BACKUP_DIR / BACKUP_METADATA]
-    metadata = next((path for path in backups if path.is_file()), None)
+    shutil.rmtree(run_dir / DELETED_BACKUP_DIR, ignore_errors=True)
+    epochs_done = 0
+    for backup_dir in (run_dir / BACKUP_DIR, run_dir / BACKUP_DIR / FROZEN_BACKUP_DIR):
+        epochs_done = restorable_backup_epoch(backup_dir) if backup_dir.is_dir() else 0
+        if epochs_done:
+            break
     log_path = run_dir / TRAINING_LOG_FILE
-    epochs_done = json.loads(metadata.read_text())["epoch"] if metadata else 0
     if not epochs_done or not log_path.is_file():
         log_path.unlink(missing_ok=True)
         return epochs_done, None
-    with log_path.open(newline="") as stream:
-        reader = csv.DictReader(stream)
-        fields = reader.fieldnames or []
-        rows = [row for row in reader if int(row["epoch"]) < epochs_done]
-    with log_path.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    fields, rows = finished_log_rows(log_path, epochs_done)
+    write_csv_atomically(log_path, fields, rows)
     scores = [float(row["val_roc_auc"]) for row in rows if row.get("val_roc_auc")]
     scores = [score for score in scores if not math.isnan(score)]
     return epochs_done, max(scores) if scores else None
@@ -559,19 +649,21 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
                       verbose=1 if progress else 2)
 
     if not chief:
+        remove_backup(backup_dir)
         shutil.rmtree(output_dir, ignore_errors=True)
         return run_dir and Path(run_dir), {}
     if cfg.train.model_selection == "last":
-        inference_model(model).save(run_dir / MODEL_FILE)
+        save_model_atomically(inference_model(model), run_dir / MODEL_FILE)
     elif not (run_dir / MODEL_FILE).is_file():  # val_roc_auc never defined (no positives).
         log.warning("No epoch had a validation ROC-AUC; keeping the last epoch's model.")
-        inference_model(model).save(run_dir / MODEL_FILE)
+        save_model_atomically(inference_model(model), run_dir / MODEL_FILE)
     best = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
     scores = evaluate(best, records_dir, manifest, cfg.train.global_batch_size,
                       task=cfg.model.task,
                       secondary_label_weight=cfg.data.secondary_label_weight,
                       log_dir=run_dir / LOGS_DIR / "validation", log_step=cfg.train.epochs)
     write_metrics(scores, run_dir / METRICS_FILE)
+    remove_backup(backup_dir)  # Last: a run killed before this resumes, and scores again.
     return run_dir, scores
 
 
@@ -616,7 +708,9 @@ def worker_output_dirs(run_dir: str | Path | None, index: int) -> tuple[Path, Pa
 def write_metrics(scores: dict, path: Path) -> None:
     """JSON with ``null`` for an undefined score (NaN: e.g. no class with positives)."""
     plain = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in scores.items()}
-    path.write_text(json.dumps(plain, indent=2))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(plain, indent=2))
+    os.replace(partial, path)
 
 
 RUN_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE)  # What every finished run folder holds.
@@ -693,14 +787,47 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=model.name)
 
 
+def partial_path(path: Path) -> Path:
+    """Where a file is written before it is renamed to ``path``: ``model.keras`` ->
+    ``model.partial.keras`` (Keras wants the ``.keras`` suffix)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def save_model_atomically(model: keras.Model, path: Path) -> None:
+    """``model.save(path)`` through ``partial_path``: a kill while saving leaves the previous
+    file (or none), never a truncated one that a rerun would keep as the best model."""
+    model.save(partial_path(path))
+    os.replace(partial_path(path), path)
+
+
 class InferenceCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` that saves ``inference_model`` of the trained model (no
-    optimizer state); which epochs it saves is unchanged. The view is made when saving: a
-    model ``fit`` builds on its first batch has no inputs before."""
+    optimizer state) atomically (``save_model_atomically``); which epochs it saves is
+    unchanged. The view is made when saving: a model ``fit`` builds on its first batch has
+    no inputs before."""
 
     @property
     def model(self):
         return inference_model(super().model)
+
+    def _get_file_path(self, epoch, batch, logs):
+        return str(partial_path(super()._get_file_path(epoch, batch, logs)))
+
+    def _save_model(self, epoch, batch, logs):
+        super()._save_model(epoch, batch, logs)
+        written = Path(self._get_file_path(epoch, batch, logs))
+        if written.is_file():
+            os.replace(written, super()._get_file_path(epoch, batch, logs))
+
+
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backup, when deleted at the end of ``fit``, goes at once
+    (``remove_backup``)."""
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint:
+            remove_backup(Path(self.backup_dir))
 
 
 def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.TrainConfig(),
@@ -733,9 +860,8 @@ def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.Tra
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_roc_auc", mode="max", patience=train_cfg.early_stopping_patience))
     # Last: an epoch is backed up only after its checkpoints and log row are written.
-    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir or run_dir / BACKUP_DIR,
-                                                      double_checkpoint=True,
-                                                      delete_checkpoint=delete_backup))
+    callbacks.append(RunBackup(backup_dir or run_dir / BACKUP_DIR, double_checkpoint=True,
+                               delete_checkpoint=delete_backup))
     return callbacks
 
 
@@ -789,8 +915,9 @@ def fit_in_phases(model: keras.Model, strategy: tf.distribute.Strategy,
     zero after the frozen phase, and the bias correction, by then near 1, would make its
     first steps several times the learning rate.)
 
-    Resuming: the last phase backs up into ``backup_dir`` and deletes it when it ends; the
-    frozen phase backs up into ``backup_dir/frozen`` and keeps it. A run killed in the last
+    Resuming: the last phase backs up into ``backup_dir``, the frozen phase into
+    ``backup_dir/frozen``; both are kept (``train`` deletes them once the scores are written,
+    so a run killed after its last epoch resumes with no epoch to train). A run killed in the last
     phase resumes from that phase's backup; killed before its first backup, the frozen phase
     is restored from its own (it then runs no epoch) and the last phase starts again. The
     best-model checkpoint and the CSV log continue across phases; early stopping and the
@@ -827,7 +954,7 @@ def fit_in_phases(model: keras.Model, strategy: tf.distribute.Strategy,
                                                                          profile_batch=None),
             resumed=resumed, best_score=best_score,
             backup_dir=backup_dir if last else backup_dir / FROZEN_BACKUP_DIR,
-            delete_backup=last)
+            delete_backup=False)  # train() deletes it once the run's scores are written.
         model.fit(initial_epoch=phase.first_epoch, epochs=phase.end_epoch, callbacks=callbacks,
                   **fit_kwargs)
         resumed = True  # The next phase appends to the log and keeps the best score.
