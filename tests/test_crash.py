@@ -247,3 +247,49 @@ def test_saving_model_keras_on_a_full_disk_keeps_the_previous_model(tmp_path, mo
     with pytest.raises(OSError, match="No space left"):
         training.save_model_atomically(model, path)
     assert path.read_bytes() == before  # The cut file is model.partial.keras, not trusted.
+
+
+def fake_run_dir(tmp_path: Path) -> Path:
+    """A folder ``check_run_dir`` accepts: config, labels and a (dummy) ``model.keras``."""
+    from conftest import tiny_config
+    from tfbird import config, labels
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config.save(tiny_config(tmp_path), run_dir / training.CONFIG_FILE)
+    labels.write_labels(["a", "b"], run_dir / training.LABELS_FILE)
+    (run_dir / training.MODEL_FILE).write_bytes(b"dummy")
+    return run_dir
+
+
+def test_a_killed_export_leaves_no_version_folder_and_the_rerun_writes_it(tmp_path,
+                                                                         monkeypatch):
+    from tfbird import exporter
+
+    run_dir, exports_dir = fake_run_dir(tmp_path), tmp_path / "exports"
+
+    def write_then_die(cfg, run_dir, labels, version_dir, *args):
+        version_dir.mkdir(parents=True)
+        (version_dir / "saved_model.pb").write_bytes(b"half")
+        raise Killed("while writing the SavedModel")
+
+    def write_whole(cfg, run_dir, labels, version_dir, tflite, *args):
+        version_dir.mkdir(parents=True, exist_ok=True)
+        (version_dir / "saved_model.pb").write_bytes(b"whole")
+        tflite_path = version_dir / exporter.TFLITE_FILE
+        tflite_path.write_bytes(b"tflite")
+        return exporter.ExportResult(version_dir, {"none": tflite_path}, None, None, labels)
+
+    monkeypatch.setattr(exporter, "write_export", write_then_die)
+    with pytest.raises(Killed):
+        exporter.export_run(run_dir, exports_dir, model_name="m", tflite=True)
+    assert [p.name for p in (exports_dir / "m").iterdir()] == [".1.partial"]
+    assert exporter.next_version(exports_dir / "m") == 1  # The part is no version.
+
+    monkeypatch.setattr(exporter, "write_export", write_whole)
+    result = exporter.export_run(run_dir, exports_dir, model_name="m", tflite=True)
+    assert result.saved_model_dir == exports_dir / "m" / "1"
+    assert sorted(p.name for p in (exports_dir / "m").iterdir()) == ["1"]
+    assert (result.saved_model_dir / "saved_model.pb").read_bytes() == b"whole"
+    assert result.tflite_paths["none"] == result.saved_model_dir / exporter.TFLITE_FILE
+    assert result.tflite_paths["none"].read_bytes() == b"tflite"

@@ -25,6 +25,8 @@ import dataclasses
 import importlib.util
 import io
 import json
+import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -196,6 +198,28 @@ def export_run(run_dir: str | Path, exports_dir: str | Path | None = None,
     version_dir = model_dir / str(version or next_version(model_dir))
     if version_dir.exists():
         raise ValueError(f"Export version folder already exists. Received: version_dir={version_dir}")
+    staging_dir = partial_version_dir(version_dir)
+    shutil.rmtree(staging_dir, ignore_errors=True)  # A killed export's.
+    result = write_export(cfg, run_dir, labels, staging_dir, tflite, quantize,
+                          calibration_waveforms)
+    os.replace(staging_dir, version_dir)  # Complete or absent: TF Serving never sees a part.
+    return dataclasses.replace(
+        result, saved_model_dir=version_dir,
+        tflite_paths={variant: version_dir / path.name
+                      for variant, path in result.tflite_paths.items()})
+
+
+def partial_version_dir(version_dir: Path) -> Path:
+    """Where an export is written before it is renamed to ``version_dir``: a hidden,
+    non-numeric folder beside it (``.3.partial``), which ``next_version`` and TF Serving
+    ignore."""
+    return version_dir.with_name(f".{version_dir.name}.partial")
+
+
+def write_export(cfg: config.Config, run_dir: Path, labels: list[str], version_dir: Path,
+                 tflite: bool, quantize: tuple[str, ...],
+                 calibration_waveforms: np.ndarray | None) -> ExportResult:
+    """``export_run``'s files, written into ``version_dir``."""
     if cfg.model.backbone in config.EMBEDDING_BACKBONES:
         if tuple(quantize) != ("none",):
             raise ValueError("A head on a pretrained backbone exports as float32 only (the "
