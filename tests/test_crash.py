@@ -293,3 +293,83 @@ def test_a_killed_export_leaves_no_version_folder_and_the_rerun_writes_it(tmp_pa
     assert (result.saved_model_dir / "saved_model.pb").read_bytes() == b"whole"
     assert result.tflite_paths["none"] == result.saved_model_dir / exporter.TFLITE_FILE
     assert result.tflite_paths["none"].read_bytes() == b"tflite"
+
+
+PARENT_WITH_A_WORKER = """
+import concurrent.futures, multiprocessing, sys, time
+from tfbird import analyze
+
+def worker_pid():
+    import os
+    return os.getpid()
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context,
+                                                initializer=analyze.exit_when_parent_dies,
+                                                initargs=(0.05,)) as pool:
+        print(pool.submit(worker_pid).result(), flush=True)
+        time.sleep(600)
+"""
+
+
+def process_alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its new parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_analyze_workers_end_when_analyze_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_WITH_A_WORKER)
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, env={**os.environ,
+                                                           "PYTHONPATH": str(Path(__file__).parents[1])})
+    worker = int(parent.stdout.readline())
+    assert process_alive(worker)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while process_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(worker), f"worker {worker} outlived its killed parent"
+
+
+def test_two_processes_writing_one_output_never_share_a_temporary_file(tmp_path, monkeypatch):
+    from tfbird import detections
+
+    path = tmp_path / "rec.csv"
+    seen = []
+    real_replace = os.replace
+
+    def recording_replace(source, target):
+        seen.append(Path(source).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    detections.write_atomically(path, "a\n")
+    monkeypatch.setattr(os, "getpid", lambda: 12345)
+    detections.write_atomically(path, "b\n")
+    assert seen[1] == "rec.csv.12345.tmp" and seen[0] != seen[1]
+    assert path.read_text() == "b\n" and not list(tmp_path.glob("*.tmp"))
+
+
+def test_errors_csv_on_a_full_disk_is_never_left_half_written(tmp_path, monkeypatch):
+    from tfbird import detections
+
+    path = tmp_path / "errors.csv"
+    detections.write_atomically(path, "file,reason\nold.wav,unreadable\n")
+    real_write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        real_write_text(self, text[:5], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        detections.write_atomically(path, "file,reason\nnew.wav,unreadable\n")
+    assert path.read_text() == "file,reason\nold.wav,unreadable\n"
+    assert not list(tmp_path.glob("*.tmp"))  # The cut temporary file is removed.

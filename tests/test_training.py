@@ -151,7 +151,11 @@ def test_callbacks_profile_log_the_learning_rate_and_stop_early(tmp_path):
 
 
 def test_resume_state_drops_log_rows_after_the_backup(tmp_path):
+    import h5py
+
     (tmp_path / training.BACKUP_DIR).mkdir()
+    with h5py.File(tmp_path / training.BACKUP_DIR / training.BACKUP_WEIGHTS, "w"):
+        pass  # Weights, then the epoch count (BackupAndRestore's order).
     (tmp_path / training.BACKUP_DIR / "training_metadata.json").write_text(
         json.dumps({"epoch": 2, "batch": 0}))
     (tmp_path / training.TRAINING_LOG_FILE).write_text(

@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -609,7 +610,7 @@ def analyze(inputs: Iterable[str | Path], model_path: str | Path, cfg: AnalyzeCo
     failures = pd.DataFrame([{"file": r.file, "reason": r.error} for r in results if r.error],
                             columns=["file", "reason"])
     errors_path = out_dir / ERRORS_FILE
-    failures.to_csv(errors_path, index=False)
+    detections_lib.write_atomically(errors_path, failures.to_csv(index=False))
     combined = None
     if "csv" in cfg.formats:
         combined = out_dir / COMBINED_CSV
@@ -696,8 +697,31 @@ def import_distributed():
     return distributed
 
 
+PARENT_POLL_S = 0.5  # How often a worker checks that ``analyze`` still runs.
+
+
+def exit_when_parent_dies(poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """Starts a daemon thread that ends this worker process once its parent is gone.
+
+    A killed ``analyze`` (SIGKILL) cannot stop its ``ProcessPoolExecutor`` workers: they
+    would go on analysing queued recordings, beside the rerun, into the same files.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-when-parent-dies", daemon=True)
+    thread.start()
+    return thread
+
+
 def init_worker(num_threads: int) -> None:
-    """Limits TensorFlow's threads in a worker so ``jobs`` workers share the cores."""
+    """Limits TensorFlow's threads in a worker so ``jobs`` workers share the cores, and ends
+    the worker with its parent (``exit_when_parent_dies``)."""
+    exit_when_parent_dies()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 

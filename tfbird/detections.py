@@ -321,10 +321,16 @@ def write_outputs(detections: pd.DataFrame, paths: dict[str, Path], file: str,
 
 
 def write_atomically(path: Path, text: str | bytes) -> None:
+    """Writes ``path`` through a temporary file of this process (two processes writing the
+    same output never share one), renamed over it: ``path`` is whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    if isinstance(text, bytes):
-        temporary.write_bytes(text)
-    else:
-        temporary.write_text(text)
-    os.replace(temporary, path)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(text, bytes):
+            temporary.write_bytes(text)
+        else:
+            temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError:  # E.g. a full disk: no part left behind, the previous file kept.
+        temporary.unlink(missing_ok=True)
+        raise
