@@ -373,3 +373,188 @@ def test_errors_csv_on_a_full_disk_is_never_left_half_written(tmp_path, monkeypa
         detections.write_atomically(path, "file,reason\nnew.wav,unreadable\n")
     assert path.read_text() == "file,reason\nold.wav,unreadable\n"
     assert not list(tmp_path.glob("*.tmp"))  # The cut temporary file is removed.
+
+
+# --- Slow: the commands as subprocesses, SIGKILLed at seeded moments, then rerun -----------
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 18  # The issue's number: the kill moments' random delays.
+
+
+def command_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def tfbird_command(*args) -> list[str]:
+    return [sys.executable, "-m", "tfbird", *map(str, args)]
+
+
+def kill_when(command: list[str], ready, delay_s: float = 0.0, timeout_s: float = 600) -> bool:
+    """Starts ``command``, waits until ``ready()`` (or its end), then ``delay_s`` more, and
+    SIGKILLs it. Returns whether it was killed (``False``: it finished first)."""
+    process = subprocess.Popen(command, cwd=REPO, env=command_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay_s)
+        if process.poll() is not None:
+            return False
+        os.kill(process.pid, signal.SIGKILL)
+        return True
+    finally:
+        process.wait(timeout=60)
+
+
+def run_to_the_end(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=REPO, env=command_env(), capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def kill_moments(ready_checks: dict, seed: int = SEED) -> list[tuple[str, object, float]]:
+    """``(name, ready, delay_s)`` for each named check, plus a seeded random delay after it
+    (0-1.5 s), and two seeded start-up kills (0.2-4 s after the start)."""
+    rng = random.Random(seed)
+    moments = [(f"start-up +{delay:.2f}s", lambda: True, delay)
+               for delay in (rng.uniform(0.2, 1.0), rng.uniform(1.0, 4.0))]
+    return moments + [(name, ready, rng.uniform(0.0, 1.5)) for name, ready in ready_checks.items()]
+
+
+def kill_and_rerun(command: list[str], moments) -> list[str]:
+    """Kills ``command`` at each moment in turn (each a rerun of the same folder), then runs
+    it to its end. Returns the moments at which it was killed."""
+    killed = [name for name, ready, delay_s in moments if kill_when(command, ready, delay_s)]
+    run_to_the_end(command)
+    return killed
+
+
+def count_files(folder: Path, pattern: str) -> int:
+    return len(list(folder.glob(pattern))) if folder.is_dir() else 0
+
+
+@pytest.mark.slow  # ~7 ingest starts of TensorFlow: ~2 min on 2 cores.
+def test_ingest_killed_at_seeded_moments_ends_like_an_uninterrupted_run(tmp_path):
+    from test_ingest_resume import comparable, shard_contents, write_corpus
+    from conftest import tiny_config
+    from tfbird import config, ingest
+
+    data = write_corpus(tmp_path)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not audio")
+    data.write_text(data.read_text() + "broken.wav,sp0\n")  # One failure for failures.csv.
+    cfg = tiny_config(tmp_path, data={"files_per_shard": 1, "validation_fraction": 0.25,
+                                      "max_failures": 0.1})
+    reference = ingest.ingest(cfg, data, tmp_path / "reference", progress=False)
+    config_path = tmp_path / "cfg.yaml"
+    config.save(cfg, config_path)
+    out = tmp_path / "killed"
+    command = tfbird_command("ingest", "--config", config_path, "--data", data, "--out", out,
+                             "--quiet")
+    killed = kill_and_rerun(command, kill_moments({
+        "shard rename (a .tmp shard)": lambda: count_files(out, "*.tfrecord.tmp") > 0,
+        "after 8 shards": lambda: count_files(out, "*.tfrecord.json") >= 8,
+        "after 24 shards": lambda: count_files(out, "*.tfrecord.json") >= 24,
+        "final merge (all sidecars)": lambda: count_files(out, "*.tfrecord.json") >= 40,
+    }))
+    print(f"killed at {len(killed)} moments: {killed}")
+    assert len(killed) >= 4, killed
+    resumed = json.loads((out / "manifest.json").read_text())
+    assert comparable(resumed) == comparable(reference)
+    assert resumed["failures"] and shard_contents(out, resumed) == shard_contents(
+        tmp_path / "reference", reference)
+    for name in ("ingested.csv", "failures.csv", "labels.txt"):
+        assert (out / name).read_text() == (tmp_path / "reference" / name).read_text(), name
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def training_log_rows(run_dir: Path) -> int:
+    path = run_dir / training.TRAINING_LOG_FILE
+    return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
+
+
+def backed_up_epochs(run_dir: Path) -> int:
+    path = run_dir / training.BACKUP_DIR / training.BACKUP_METADATA
+    try:
+        return json.loads(path.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow  # ~7 trainings per variant of ResNet50 at 32x32: ~6 min each on 2 cores.
+@pytest.mark.parametrize("strategy,freeze_epochs", [("default", 0), ("mirrored", 0),
+                                                    ("default", 1)])
+def test_train_killed_at_seeded_moments_logs_each_epoch_once(tiny_config_file, tiny_records,
+                                                              tmp_path, strategy, freeze_epochs):
+    run_dir = tmp_path / "run"
+    command = tfbird_command(
+        "train", "--config", tiny_config_file, "--run-dir", run_dir, "--epochs", 3, "--quiet",
+        "--strategy", strategy, "--set", f"train.freeze_backbone_epochs={freeze_epochs}")
+    killed = kill_and_rerun(command, kill_moments({
+        "between epochs 1 and 2": lambda: training_log_rows(run_dir) >= 1,
+        "inside the last epoch": lambda: backed_up_epochs(run_dir) >= 2,
+        "during the final save and scoring": lambda: backed_up_epochs(run_dir) >= 3,
+    }))
+    print(f"killed at {len(killed)} moments: {killed}")
+    assert len(killed) >= 3, killed
+    with (run_dir / training.TRAINING_LOG_FILE).open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert not (run_dir / training.BACKUP_DIR).exists()
+    best = keras.models.load_model(run_dir / training.MODEL_FILE, compile=False)
+    assert best.count_params() > 0 and (run_dir / training.METRICS_FILE).is_file()
+    again = subprocess.run(command, cwd=REPO, env=command_env(), capture_output=True, text=True)
+    assert again.returncode != 0 and "holds a finished run" in again.stderr  # Not restarted.
+    assert [int(r["epoch"]) for r in csv.DictReader(
+        (run_dir / training.TRAINING_LOG_FILE).open())] == [0, 1, 2]
+
+
+def analysis_outputs(out_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(out_dir)): p.read_text() for p in sorted(out_dir.rglob("*"))
+            if p.is_file() and p.suffix in (".csv", ".json", ".txt")}
+
+
+@pytest.mark.slow
+def test_analyze_killed_at_seeded_moments_gives_the_uninterrupted_detections(
+        trained_run, tiny_corpus, tmp_path):
+    inputs = tiny_corpus / "train_audio"
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    arguments = [inputs, "--model", trained_run, "--min-conf", 0.0, "--jobs", 2, "--quiet"]
+    run_to_the_end(tfbird_command("analyze", *arguments, "--out", reference))
+    command = tfbird_command("analyze", *arguments, "--out", out)
+    killed = kill_and_rerun(command, kill_moments({
+        "first recording written": lambda: count_files(out, "**/*.csv") >= 1,
+        "a temporary output": lambda: count_files(out, "**/*.tmp") >= 1,
+        "half the recordings": lambda: count_files(out, "**/*.csv") >= 4,
+    }))
+    print(f"killed at {len(killed)} moments: {killed}")
+    assert len(killed) >= 3, killed
+    assert (out / "detections.csv").read_text() == (reference / "detections.csv").read_text()
+    expected = analysis_outputs(reference)
+    assert analysis_outputs(out) == expected
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_export_killed_at_seeded_moments_leaves_only_whole_versions(trained_run, tmp_path):
+    from conftest import tiny_config
+    from tfbird import config, exporter
+
+    config_path = tmp_path / "cfg.yaml"
+    config.save(tiny_config(tmp_path), config_path)
+    model_dir = tmp_path / "exports" / "tfbird"
+    command = tfbird_command("export", "--config", config_path, "--run-dir", trained_run,
+                             "--quantize", "none", "float16", "dynamic", "--eval-windows", 0)
+    killed = kill_and_rerun(command, kill_moments({
+        "while the SavedModel is written": lambda: count_files(model_dir, ".*.partial") >= 1,
+        "while the TFLite files are written": lambda: count_files(
+            model_dir, f".*.partial/{exporter.TFLITE_FILES['none']}") >= 1,
+    }))
+    print(f"killed at {len(killed)} moments: {killed}")
+    assert len(killed) >= 2, killed
+    versions = sorted(p.name for p in model_dir.iterdir())
+    assert versions == ["1"], versions  # Killed exports left no version and no part.
+    for variant in ("none", "float16", "dynamic"):
+        assert (model_dir / "1" / exporter.TFLITE_FILES[variant]).stat().st_size > 0
+    assert (model_dir / "1" / "saved_model.pb").is_file()
