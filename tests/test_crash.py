@@ -108,14 +108,23 @@ def tiny_model() -> keras.Model:
     return model
 
 
-def fit_tiny(run_dir: Path, backup: keras.callbacks.Callback, resumed: bool) -> keras.Model:
-    """One ``fit`` as ``training.fit_in_phases`` runs it: CSV log, then the backup, last."""
+def fit_tiny(run_dir: Path, backup: keras.callbacks.Callback, resumed: bool,
+             stop: keras.callbacks.Callback | None = None) -> keras.Model:
+    """One ``fit`` as ``training.fit_in_phases`` runs it: CSV log, (early) ``stop``, then the
+    backup, last."""
     model = tiny_model()
     x, y = tiny_data()
     log = keras.callbacks.CSVLogger(run_dir / training.TRAINING_LOG_FILE, append=resumed)
     model.fit(x, y, batch_size=16, epochs=EPOCHS, shuffle=False, verbose=0,
-              callbacks=[SlowEpochs(), log, backup])
+              callbacks=[SlowEpochs(), log, *([stop] if stop else []), backup])
     return model
+
+
+class StopAfterTwoEpochs(keras.callbacks.Callback):
+    """What ``EarlyStopping`` does when it stops: ``stop_training`` at an epoch's end."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = epoch == 1
 
 
 def rerun(run_dir: Path) -> keras.Model:
@@ -207,6 +216,18 @@ def test_a_finished_fit_killed_before_its_scores_resumes_with_no_epoch_to_train(
                                           delete_checkpoint=False), resumed=False)
     assert training.resume_state(tmp_path)[0] == EPOCHS
     assert_same_as_uninterrupted(tmp_path, rerun(tmp_path), uninterrupted)
+
+
+def test_an_early_stopped_fit_killed_before_its_scores_does_not_train_on(tmp_path):
+    stopped = fit_tiny(tmp_path, training.RunBackup(tmp_path / training.BACKUP_DIR,
+                                                    double_checkpoint=True,
+                                                    delete_checkpoint=False),
+                       resumed=False, stop=StopAfterTwoEpochs())
+    assert training.resume_state(tmp_path)[0] == EPOCHS  # Nothing left to train.
+    resumed = rerun(tmp_path)
+    assert [row["epoch"] for row in log_rows(tmp_path)] == ["0", "1"]
+    for after, before in zip(resumed.get_weights(), stopped.get_weights()):
+        np.testing.assert_array_equal(after, before)
 
 
 def test_a_log_row_cut_by_a_kill_is_dropped(tmp_path):

@@ -823,11 +823,26 @@ class InferenceCheckpoint(keras.callbacks.ModelCheckpoint):
 
 class RunBackup(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` whose backup, when deleted at the end of ``fit``, goes at once
-    (``remove_backup``)."""
+    (``remove_backup``). A kept backup of a ``fit`` that early stopping ended counts all its
+    epochs as done (``mark_fit_finished``), so a rerun does not train on past the stop."""
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint:
             remove_backup(Path(self.backup_dir))
+        elif self.model.stop_training:
+            mark_fit_finished(Path(self.backup_dir), self.params["epochs"])
+
+
+def mark_fit_finished(backup_dir: Path, end_epoch: int) -> None:
+    """Rewrites a backup's epoch count (atomically, after its weights) as ``end_epoch``: the
+    ``fit`` that made it has nothing left to train."""
+    metadata = backup_dir / BACKUP_METADATA
+    if not metadata.is_file():
+        return
+    state = json.loads(metadata.read_text())
+    partial = metadata.with_name(metadata.name + ".partial")
+    partial.write_text(json.dumps({**state, "epoch": end_epoch}))
+    os.replace(partial, metadata)
 
 
 def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.TrainConfig(),
