@@ -579,3 +579,25 @@ def test_export_killed_at_seeded_moments_leaves_only_whole_versions(trained_run,
     for variant in ("none", "float16", "dynamic"):
         assert (model_dir / "1" / exporter.TFLITE_FILES[variant]).stat().st_size > 0
     assert (model_dir / "1" / "saved_model.pb").is_file()
+
+
+@pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "No space left on device"),
+                                         (errno.EROFS, "Read-only file system")])
+def test_a_full_disk_or_read_only_folder_is_one_message_naming_the_path(monkeypatch, capsys,
+                                                                       code, reason):
+    import argparse
+
+    from tfbird import cli
+
+    def refused_write(args):
+        raise OSError(code, reason, "/data/runs/r1/model.partial.keras")
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(command=refused_write)
+
+    monkeypatch.setattr(cli, "build_parser", Parser)
+    assert cli.main(["train"]) == cli.EXIT_WRITE_FAILED
+    message = capsys.readouterr().err
+    assert message.startswith("error: could not write /data/runs/r1/model.partial.keras: ")
+    assert reason in message and "rerun the same command" in message

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ from pathlib import Path
 from tfbird import config  # noqa: E402  (no TensorFlow: the embedding backbones' names)
 
 DEFAULT_CONFIG = "configs/demo.yaml"
+EXIT_WRITE_FAILED = 3  # the output could not be written: a full disk or a read-only folder
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 EXIT_SOME_FAILED = 1  # analyze: some inputs failed (listed in errors.csv).
 EXIT_USAGE = 2  # A bad argument, config or input: the one-line error names it.
 log = logging.getLogger("tfbird")
@@ -70,6 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        print(write_failure_message(error), file=sys.stderr)
+        return EXIT_WRITE_FAILED
+
+
+def write_failure_message(error: OSError) -> str:
+    """One line for a write that a full disk or a read-only folder refused: the path, the
+    reason, and that rerunning the same command resumes (no part of a file is kept)."""
+    return (f"error: could not write {error.filename or 'the output'}: {error.strerror}. "
+            f"Free space or make the folder writable, then rerun the same command: it resumes, "
+            f"and no half-written file is kept. Received: errno={errno.errorcode.get(error.errno)}")
 
 
 def quiet_tensorflow() -> None:
