@@ -336,8 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "the cv command's accuracy table beside its baseline; embed: "
                             "a pretrained backbone's realtime factor (--config birdnet)")
     bench.add_argument("--audio", help="frontend, embed: folder of recordings")
-    bench.add_argument("--data", nargs="+", help="ingest: data set (BirdCLEF folder or CSV); "
-                                                 "analyze: recordings (files or folders)")
+    bench.add_argument("--data", nargs="+", help="ingest: folders of recordings (each file's "
+                                                 "first folder is its class); analyze: "
+                                                 "recordings (files or folders)")
+    bench.add_argument("--repeat", type=int, default=1,
+                       help="ingest: link every file N times, to time hours of audio (never "
+                            "copies)")
     bench.add_argument("--model", nargs="+", help="analyze: run folders, export version "
                                                   "folders (SavedModel + its .tflite files)")
     bench.add_argument("--records", help="training: records folder (default: data.records)")
@@ -722,11 +726,15 @@ def run_bench(args) -> int:
             "melspectrogram + power_to_db vs tfbird's decode + LogMelSpectrogram), over")
     else:
         if not args.data:
-            raise ValueError("bench ingest needs --data DIR_OR_CSV. Received: data=None")
-        result = bench.bench_ingest(Path(args.data[0]), cfg, args.repeats)
-        title, what = "Ingest: data set to log-mel windows", (
-            "A sequential librosa loop (load, resample, 5-s windows, log-mel per window) vs "
-            "`tfbird ingest` (tf.data pipeline, writing TFRecord shards), over")
+            raise ValueError("bench ingest needs --data DIR... (folders of recordings). "
+                             "Received: data=None")
+        result = bench.bench_ingest([Path(d) for d in args.data], cfg, args.repeats,
+                                    repeat_files=args.repeat)
+        section = bench.format_ingest_section(bench.INGEST_TITLE, result,
+                                              "python -m tfbird " + " ".join(sys.argv[1:]))
+        bench.write_section(Path(args.out), bench.INGEST_TITLE, section)
+        print(section)
+        return 0
     section = bench.format_section(title, result, what, args.repeats)
     bench.write_section(Path(args.out), title, section)
     print(section)
