@@ -1,5 +1,10 @@
 """``tfbird embed`` and ``tfbird search``: an embeddings folder, nearest windows, review clips."""
 
+import importlib.util
+import json
+import logging
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +13,11 @@ import tensorflow as tf
 from conftest import requires_shared_audio, shared_recordings
 from test_backbones import HAS_BIRDNET, FakePerch
 
-from tfbird import catalog, cli, config, search
+from tfbird import catalog, cli, config, search, vector_index
+
+HAS_FAISS = importlib.util.find_spec("faiss") is not None
+requires_faiss = pytest.mark.skipif(not HAS_FAISS, reason="faiss is not installed (the "
+                                    "search index): pip install -e '.[dev]' or '.[search]'")
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +106,123 @@ def test_birdnet_search_on_a_real_soundscape_returns_its_own_window_first(tmp_pa
     rank, _, start_s, end_s, similarity = lines[header + 1].split()
     assert (rank, float(start_s), float(end_s)) == ("1", 3.0, 6.0)
     assert float(similarity) == pytest.approx(1.0, abs=1e-3)
+
+
+# --- The faiss index -------------------------------------------------------------------------
+
+
+def write_random_db(db_dir, rows_per_part=(40, 25, 35), dim=16, seed=0):
+    """An embeddings folder of random windows (no backbone): ``parts/rec<k>.parquet``.
+    Returns all embeddings in the folder's row order."""
+    rng = np.random.default_rng(seed)
+    (db_dir / search.PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    (db_dir / search.DB_FILE).write_text(json.dumps({"backbone": {"name": "perch"}}))
+    embeddings = [add_random_part(db_dir, f"rec{k}", rows, dim, rng)
+                  for k, rows in enumerate(rows_per_part)]
+    return np.concatenate(embeddings)
+
+
+def add_random_part(db_dir, name, rows, dim, rng):
+    """One part of ``rows`` random windows 1 s apart; returns its embeddings."""
+    embeddings = rng.normal(size=[rows, dim]).astype(np.float32)
+    pd.DataFrame({"file": f"{name}.wav", "start_s": np.arange(rows, dtype=float),
+                  "end_s": np.arange(rows, dtype=float) + 5.0,
+                  "embedding": list(embeddings)}).to_parquet(
+        db_dir / search.PARTS_DIR / f"{name}.parquet", index=False)
+    return embeddings
+
+
+def numpy_search(db_dir, query, top_k, monkeypatch):
+    """``nearest_windows`` as it runs without faiss (exact, numpy)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(vector_index, "faiss_module", lambda: None)
+        return search.nearest_windows(db_dir, query, top_k)
+
+
+@requires_faiss
+def test_the_exact_index_ranks_as_numpy_does(tmp_path, monkeypatch):
+    embeddings = write_random_db(tmp_path / "db")
+    query = np.random.default_rng(1).normal(size=16).astype(np.float32)
+    expected = numpy_search(tmp_path / "db", query, 20, monkeypatch)
+    hits = search.nearest_windows(tmp_path / "db", query, 20, index="exact")
+    assert list(hits.columns) == ["rank", "file", "start_s", "end_s", "similarity"]
+    pd.testing.assert_frame_equal(hits.drop(columns="similarity"),
+                                  expected.drop(columns="similarity"))
+    np.testing.assert_allclose(hits["similarity"], expected["similarity"], atol=1e-5)
+    # The similarities are the cosines of the stored rows (rec1 starts at row 40, rec2 at 65).
+    rows = hits["file"].map({"rec0.wav": 0, "rec1.wav": 40, "rec2.wav": 65}) + hits["start_s"]
+    stored = embeddings[rows.astype(int)]
+    cosines = stored @ query / np.linalg.norm(stored, axis=1) / np.linalg.norm(query)
+    np.testing.assert_allclose(hits["similarity"], cosines, atol=1e-5)
+    manifest = json.loads((tmp_path / "db" / vector_index.INDEX_MANIFEST).read_text())
+    assert manifest["kind"] == "exact"
+    assert [(p["name"], p["rows"]) for p in manifest["parts"]] == [
+        ("rec0.parquet", 40), ("rec1.parquet", 25), ("rec2.parquet", 35)]
+
+
+@requires_faiss
+def test_a_stored_row_finds_itself_first_through_either_index(tmp_path):
+    embeddings = write_random_db(tmp_path / "db")
+    for kind in ("exact", "hnsw"):
+        for row, (file, start_s) in [(0, ("rec0.wav", 0.0)), (52, ("rec1.wav", 12.0)),
+                                     (99, ("rec2.wav", 34.0))]:
+            hits = search.nearest_windows(tmp_path / "db", 3.0 * embeddings[row], 5, kind)
+            assert (hits["file"][0], hits["start_s"][0]) == (file, start_s), kind
+            assert hits["similarity"][0] == pytest.approx(1.0, abs=1e-5)
+            assert list(hits["rank"]) == [1, 2, 3, 4, 5]
+    assert json.loads((tmp_path / "db" / vector_index.INDEX_MANIFEST).read_text())[
+        "kind"] == "hnsw"
+
+
+@requires_faiss
+def test_auto_picks_hnsw_only_for_large_folders():
+    assert vector_index.resolve_kind("auto", 1000) == "exact"
+    assert vector_index.resolve_kind("auto", vector_index.HNSW_ABOVE_ROWS + 1) == "hnsw"
+    with pytest.raises(ValueError, match="index='ivf'"):
+        vector_index.resolve_kind("ivf", 10)
+
+
+@requires_faiss
+def test_an_index_is_rebuilt_when_a_part_was_added(tmp_path):
+    write_random_db(tmp_path / "db")
+    search.nearest_windows(tmp_path / "db", np.ones(16, np.float32), 3)
+    built = (tmp_path / "db" / vector_index.INDEX_FILE).stat().st_mtime_ns
+    search.nearest_windows(tmp_path / "db", np.ones(16, np.float32), 3)  # Current: reused.
+    assert (tmp_path / "db" / vector_index.INDEX_FILE).stat().st_mtime_ns == built
+
+    added = add_random_part(tmp_path / "db", "rec3", 10, 16, np.random.default_rng(7))
+    hits = search.nearest_windows(tmp_path / "db", added[4], 3)
+    assert (hits["file"][0], hits["start_s"][0]) == ("rec3.wav", 4.0)
+    manifest = json.loads((tmp_path / "db" / vector_index.INDEX_MANIFEST).read_text())
+    assert [p["name"] for p in manifest["parts"]][-1] == "rec3.parquet"
+    assert vector_index.faiss_module().read_index(
+        str(tmp_path / "db" / vector_index.INDEX_FILE)).ntotal == 110
+
+
+@requires_faiss
+def test_an_index_without_its_manifest_is_not_trusted(tmp_path):
+    """What a run killed while writing the index leaves: no index.json (removed first)."""
+    embeddings = write_random_db(tmp_path / "db")
+    (tmp_path / "db" / vector_index.INDEX_FILE).write_bytes(b"half an index")
+    hits = search.nearest_windows(tmp_path / "db", embeddings[7], 1)
+    assert (hits["file"][0], hits["start_s"][0]) == ("rec0.wav", 7.0)
+    assert (tmp_path / "db" / vector_index.INDEX_MANIFEST).is_file()
+    assert not list((tmp_path / "db").glob(".*.tmp"))
+
+
+def test_without_faiss_search_is_exact_in_numpy_and_says_so_once(tmp_path, monkeypatch,
+                                                                 caplog):
+    embeddings = write_random_db(tmp_path / "db")
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss raises ImportError.
+    vector_index.faiss_module.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="tfbird.vector_index"):
+            hits = search.nearest_windows(tmp_path / "db", embeddings[60], 2)
+            search.nearest_windows(tmp_path / "db", embeddings[61], 2)
+    finally:
+        vector_index.faiss_module.cache_clear()
+    assert (hits["file"][0], hits["start_s"][0]) == ("rec1.wav", 20.0)
+    assert hits["similarity"][0] == pytest.approx(1.0, abs=1e-5)
+    warnings = [r.message for r in caplog.records if "faiss is not installed" in r.message]
+    assert len(warnings) == 1
+    assert not (tmp_path / "db" / vector_index.INDEX_FILE).exists()
