@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import tensorflow as tf
 from conftest import requires_shared_audio, shared_recordings
-from test_backbones import HAS_BIRDNET, FakePerch
+from test_backbones import HAS_BIRDNET, FakePerch, fake_kagglehub
 
 from tfbird import catalog, cli, config, search, vector_index
 
@@ -75,6 +75,30 @@ def test_search_finds_the_query_window_first_and_exports_clips_to_review(tmp_pat
     labelled = tmp_path / "clips" / "labelled.csv"
     table, labels = catalog.read_catalog(labelled, catalog.detect_layout(labelled))
     assert labels == ["high", "low"] and (table["error"] == "").all()
+
+
+def test_an_embeddings_folder_keeps_the_perch_kagglehub_gave_and_searches_offline(
+        tmp_path, perch_cfg, monkeypatch):
+    audio = write_chirps(tmp_path / "audio")
+    calls = fake_kagglehub(monkeypatch, lambda handle: perch_cfg.backbone_path)
+    search.embed_recordings([audio], config.ModelConfig(backbone="perch"), tmp_path / "db",
+                            progress=False)
+    assert len(calls) == 1
+    settings = json.loads((tmp_path / "db" / search.DB_FILE).read_text())
+    assert settings["backbone_path"] == perch_cfg.backbone_path  # Not None: that very model.
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # Offline, or uninstalled, later.
+    hits = search.search(tmp_path / "db", audio / "b.flac", start_s=7.0, top_k=1)
+    assert (hits["file"][0].endswith("b.flac"), hits["start_s"][0]) == (True, 7.0)
+
+
+def test_search_refuses_a_query_embedded_by_another_model(tmp_path, perch_cfg):
+    audio = write_chirps(tmp_path / "audio")
+    search.embed_recordings([audio], perch_cfg, tmp_path / "db", progress=False)
+    settings = json.loads((tmp_path / "db" / search.DB_FILE).read_text())
+    settings["backbone"]["version"] = "perch_v7"  # As if embedded by an older model.
+    (tmp_path / "db" / search.DB_FILE).write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="loads another model"):
+        search.search(tmp_path / "db", audio / "a.wav")
 
 
 def test_the_query_window_is_read_from_its_start_and_must_lie_in_the_recording(tmp_path):

@@ -69,6 +69,9 @@ def embed_recordings(inputs: list[str | Path], model_cfg: config.ModelConfig,
         ValueError: a folder made with another backbone or overlap.
     """
     out_dir = Path(out_dir)
+    # The model's folder, not "the latest Perch on Kaggle": search embeds its queries with
+    # the same model, offline too, and a resumed run with a newer Perch is refused.
+    model_cfg = backbones.with_model_path(model_cfg)
     backbone = backbones.load_backbone(model_cfg)
     hop_samples = backbone.window_samples - int(round(overlap_s * backbone.sample_rate_hz))
     if not 0 < hop_samples <= backbone.window_samples:
@@ -183,8 +186,18 @@ def search(db_dir: str | Path, query: str | Path, start_s: float = 0.0,
     settings = read_settings(db_dir)
     backbone = backbones.load_backbone(config.ModelConfig(
         backbone=settings["backbone"]["name"], backbone_path=settings.get("backbone_path")))
+    check_same_backbone(db_dir, settings["backbone"], backbone.describe())
     window = read_window(query, start_s, backbone.sample_rate_hz, backbone.window_samples)
     return nearest_windows(db_dir, backbone.embed(window[None])[0], top_k, index)
+
+
+def check_same_backbone(db_dir: str | Path, stored: dict, loaded: dict) -> None:
+    """Refuses to compare a query embedded by another model (the folder at ``backbone_path``
+    replaced since) with the stored windows: the similarities would mean nothing."""
+    if stored != loaded:
+        raise ValueError(f"{db_dir} was embedded with {stored}, but its backbone_path now "
+                         f"loads another model; embed again into another folder. Received: "
+                         f"backbone={loaded}")
 
 
 def nearest_windows(db_dir: str | Path, query_embedding: np.ndarray, top_k: int = 10,
