@@ -198,12 +198,10 @@ def test_a_stored_row_finds_itself_first_through_either_index(tmp_path):
         "kind"] == "hnsw"
 
 
-@requires_faiss
-def test_auto_picks_hnsw_only_for_large_folders():
-    assert vector_index.resolve_kind("auto", 1000) == "exact"
-    assert vector_index.resolve_kind("auto", vector_index.HNSW_ABOVE_ROWS + 1) == "hnsw"
+def test_an_unknown_index_kind_is_refused(tmp_path):
+    write_random_db(tmp_path / "db")
     with pytest.raises(ValueError, match="index='ivf'"):
-        vector_index.resolve_kind("ivf", 10)
+        search.nearest_windows(tmp_path / "db", np.ones(16, np.float32), 3, index="ivf")
 
 
 @requires_faiss
@@ -211,8 +209,11 @@ def test_an_index_is_rebuilt_when_a_part_was_added(tmp_path):
     write_random_db(tmp_path / "db")
     search.nearest_windows(tmp_path / "db", np.ones(16, np.float32), 3)
     built = (tmp_path / "db" / vector_index.INDEX_FILE).stat().st_mtime_ns
-    search.nearest_windows(tmp_path / "db", np.ones(16, np.float32), 3)  # Current: reused.
-    assert (tmp_path / "db" / vector_index.INDEX_FILE).stat().st_mtime_ns == built
+    for forget in (False, True):  # Current: reused, from memory, then from the file.
+        if forget:
+            vector_index.forget_loaded_index()
+        search.nearest_windows(tmp_path / "db", np.ones(16, np.float32), 3)
+        assert (tmp_path / "db" / vector_index.INDEX_FILE).stat().st_mtime_ns == built
 
     added = add_random_part(tmp_path / "db", "rec3", 10, 16, np.random.default_rng(7))
     hits = search.nearest_windows(tmp_path / "db", added[4], 3)

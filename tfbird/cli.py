@@ -309,11 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--start", type=float, default=0.0,
                         help="start of the query window in it, in seconds (default 0)")
     search.add_argument("--top-k", type=int, default=10, help="hits to list (default 10)")
-    search.add_argument("--index", choices=["auto", "exact", "hnsw"], default="auto",
+    search.add_argument("--index", choices=["exact", "hnsw"], default="exact",
                         help="the faiss index DB/index.faiss, built on first use and when "
-                             "parts were added: exact, hnsw (approximate, for large folders) "
-                             "or auto (hnsw above a million windows; default). Without faiss: "
-                             "exact search in numpy")
+                             "the parts changed: exact (default; the ranking of comparing "
+                             "with every window) or hnsw (approximate; slow to build, fast "
+                             "per query). Without faiss: exact search in numpy")
     search.add_argument("--export-clips", metavar="DIR",
                         help="write each hit as a WAV snippet and review.csv (an empty label "
                              "column to fill in) into DIR")

@@ -13,7 +13,7 @@ one aligned to the end of the recording).
 
 ``search`` ranks the stored windows by cosine similarity to a query window through a faiss
 index over the parts (``tfbird.vector_index``: ``DB/index.faiss``, built on the first search
-and rebuilt when parts were added; exact, or approximate HNSW beyond a million windows).
+and rebuilt when parts were added; exact, or approximate HNSW on request).
 Without faiss installed it compares the query with every row in numpy (exact; a million
 windows of BirdNET's 1024 values are 4 GB of float32 in memory). ``export_clips`` writes each
 hit as a WAV snippet and ``review.csv`` with an empty ``label`` column: labelled, it is a
@@ -167,7 +167,7 @@ def read_settings(db_dir: str | Path) -> dict:
 
 
 def search(db_dir: str | Path, query: str | Path, start_s: float = 0.0,
-           top_k: int = 10, index: str = "auto") -> pd.DataFrame:
+           top_k: int = 10, index: str = "exact") -> pd.DataFrame:
     """The ``top_k`` stored windows most like the query window, best first.
 
     Args:
@@ -176,8 +176,8 @@ def search(db_dir: str | Path, query: str | Path, start_s: float = 0.0,
             zero-padded past the end) is the query.
         start_s: where the query window starts, in seconds.
         top_k: rows returned.
-        index: ``auto``, ``exact`` or ``hnsw`` (``tfbird.vector_index``; ignored without
-            faiss).
+        index: ``exact`` or ``hnsw`` (approximate; ``tfbird.vector_index``); without faiss,
+            exact in numpy either way.
 
     Returns:
         ``rank, file, start_s, end_s, similarity`` (cosine, in [-1, 1]).
@@ -201,7 +201,7 @@ def check_same_backbone(db_dir: str | Path, stored: dict, loaded: dict) -> None:
 
 
 def nearest_windows(db_dir: str | Path, query_embedding: np.ndarray, top_k: int = 10,
-                    index: str = "auto") -> pd.DataFrame:
+                    index: str = "exact") -> pd.DataFrame:
     """The ``top_k`` stored windows nearest ``query_embedding`` by cosine similarity:
     through the faiss index when faiss is installed, else exactly in numpy.
 
@@ -212,7 +212,7 @@ def nearest_windows(db_dir: str | Path, query_embedding: np.ndarray, top_k: int 
         raise ValueError(f"top_k must be at least 1. Received: top_k={top_k}")
     parts = list_parts(db_dir)
     if vector_index.faiss_module() is None:
-        vector_index.resolve_kind(index, 0)  # The same check of the argument either way.
+        vector_index.check_kind(index)  # The same check of the argument either way.
         _, table, embeddings = read_db(db_dir)
         similarity = cosine_similarity(query_embedding, embeddings)
         best = np.argsort(-similarity, kind="stable")[:top_k]
