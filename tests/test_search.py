@@ -233,6 +233,27 @@ def test_an_index_without_its_manifest_is_not_trusted(tmp_path):
     assert (hits["file"][0], hits["start_s"][0]) == ("rec0.wav", 7.0)
     assert (tmp_path / "db" / vector_index.INDEX_MANIFEST).is_file()
     assert not list((tmp_path / "db").glob(".*.tmp"))
+    # A manifest that matches but an index file damaged since: rebuilt too.
+    vector_index.forget_loaded_index()
+    (tmp_path / "db" / vector_index.INDEX_FILE).write_bytes(b"damaged")
+    hits = search.nearest_windows(tmp_path / "db", embeddings[8], 1)
+    assert (hits["file"][0], hits["start_s"][0]) == ("rec0.wav", 8.0)
+    assert (tmp_path / "db" / vector_index.INDEX_FILE).stat().st_size > 100 * 16 * 4
+
+
+@requires_faiss
+def test_a_folder_that_cannot_be_written_still_searches(tmp_path, monkeypatch, caplog):
+    embeddings = write_random_db(tmp_path / "db")
+
+    def read_only(*args):
+        raise PermissionError("Read-only file system")
+
+    monkeypatch.setattr(vector_index, "write_index", read_only)
+    with caplog.at_level(logging.WARNING, logger="tfbird.vector_index"):
+        hits = search.nearest_windows(tmp_path / "db", embeddings[70], 1)
+    assert (hits["file"][0], hits["start_s"][0]) == ("rec2.wav", 5.0)
+    assert "kept in memory only" in caplog.text
+    assert not (tmp_path / "db" / vector_index.INDEX_MANIFEST).exists()
 
 
 def test_without_faiss_search_is_exact_in_numpy_and_says_so_once(tmp_path, monkeypatch,

@@ -118,7 +118,7 @@ def load_or_build_index(db_dir: str | Path, parts: list[Path], kind: str = "exac
     if index is None:
         log.info("Building the %s search index over %d parts of %s", kind, len(parts), db_dir)
         index = build_index(parts, kind, faiss_module())
-        write_index(db_dir, index, fingerprint, kind)
+        store_index(db_dir, index, fingerprint, kind)
     _loaded.update(key=key, index=index)
     return index, fingerprint
 
@@ -155,6 +155,9 @@ def build_index(parts: list[Path], kind: str, faiss):
             index = new_index(embeddings.shape[1], kind, faiss)
         faiss.normalize_L2(embeddings)
         index.add(embeddings)
+    if index is None:
+        raise ValueError(f"The embeddings folder's parts hold no windows. Received: "
+                         f"parts={len(parts)}")
     return index
 
 
@@ -171,6 +174,16 @@ def part_embeddings(part: Path) -> np.ndarray:
     if not len(column):
         return np.zeros([0, 0], np.float32)
     return np.ascontiguousarray(np.stack(column), dtype=np.float32)
+
+
+def store_index(db_dir: Path, index, fingerprint: list[dict], kind: str) -> None:
+    """``write_index``, or a warning when the folder cannot be written (a shared, read-only
+    embeddings folder still searches, building the index in memory once per process)."""
+    try:
+        write_index(db_dir, index, fingerprint, kind)
+    except (OSError, RuntimeError) as error:  # faiss reports a failed write as RuntimeError.
+        log.warning("Could not store the search index in %s (%s); it is kept in memory only.",
+                    db_dir, error)
 
 
 def write_index(db_dir: Path, index, fingerprint: list[dict], kind: str) -> None:
