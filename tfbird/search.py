@@ -4,7 +4,9 @@ and cut the hits into clips to review.
 ``embed_recordings`` writes an embeddings folder (``tfbird embed``)::
 
     DB/db.json                    the backbone (name, version, licence, audio contract)
+                                  and its model's path (Perch: the folder kagglehub gave)
     DB/parts/<recording>.parquet  one row per window: file, start_s, end_s, embedding
+    DB/index.faiss, index.json    the search index over the parts (``tfbird.vector_index``)
 
 Each recording's part is written whole (a temporary name, then renamed), so rerunning the
 same command skips the recordings already embedded and a killed run resumes. Windows are
@@ -12,10 +14,10 @@ same command skips the recordings already embedded and a killed run resumes. Win
 one aligned to the end of the recording).
 
 ``search`` ranks the stored windows by cosine similarity to a query window through a faiss
-index over the parts (``tfbird.vector_index``: ``DB/index.faiss``, built on the first search
-and rebuilt when parts were added; exact, or approximate HNSW on request).
-Without faiss installed it compares the query with every row in numpy (exact; a million
-windows of BirdNET's 1024 values are 4 GB of float32 in memory). ``export_clips`` writes each
+index over the parts (built on the first search and rebuilt when the parts changed; exact,
+or approximate HNSW on request). Without faiss installed it compares the query with every
+row in numpy (exact; a million windows of BirdNET's 1024 values are 4 GB of float32 in
+memory). ``export_clips`` writes each
 hit as a WAV snippet and ``review.csv`` with an empty ``label`` column: labelled, it is a
 data set for ``train`` (CSV layout).
 
