@@ -309,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--start", type=float, default=0.0,
                         help="start of the query window in it, in seconds (default 0)")
     search.add_argument("--top-k", type=int, default=10, help="hits to list (default 10)")
+    search.add_argument("--index", choices=["exact", "hnsw"], default="exact",
+                        help="the faiss index DB/index.faiss, built on first use and when "
+                             "the parts changed: exact (default; the ranking of comparing "
+                             "with every window) or hnsw (approximate; slow to build, fast "
+                             "per query). Without faiss: exact search in numpy")
     search.add_argument("--export-clips", metavar="DIR",
                         help="write each hit as a WAV snippet and review.csv (an empty label "
                              "column to fill in) into DIR")
@@ -656,7 +661,7 @@ def run_search(args) -> int:
     """``tfbird search``: nearest windows to a query, as a table; optionally review clips."""
     from tfbird import search
 
-    hits = search.search(args.db, args.query, args.start, args.top_k)
+    hits = search.search(args.db, args.query, args.start, args.top_k, args.index)
     print(hits.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.export_clips:
         print(f"Review clips and their table: {search.export_clips(hits, args.export_clips)}")
