@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -167,7 +168,9 @@ def bench_ingest(sources: list[Path], cfg: config.Config, repeats: int = 3,
     ``sources``: ``tfbird ingest`` (2 cores, and 1 core with ``taskset``), the librosa loop in
     one process (the same on 1 core), and the decode + resample floor in 1 and 2 processes.
     The paths run one after the other within each repeat, so they share the machine's
-    state; each ``tfbird ingest`` writes a fresh records folder."""
+    state; each ``tfbird ingest`` writes a fresh records folder, deleted once timed."""
+    from tfbird import analyze
+
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout="folders"))
     with tempfile.TemporaryDirectory(prefix="tfbird-bench-ingest-") as work:
         work = Path(work)
@@ -175,32 +178,23 @@ def bench_ingest(sources: list[Path], cfg: config.Config, repeats: int = 3,
         file_list = work / "files.txt"
         file_list.write_text("\n".join(str(link) for link in links))
         config.save(cfg, work / "config.yaml")
-        audio_s = sum(analyze_duration_s(link) for link in links)
+        audio_s = sum(analyze.recording_duration_s(link) for link in links)
         seconds: dict[str, list[float]] = {}
         for repeat in range(repeats):
-            commands = ingest_commands(work / "corpus", file_list, work / f"records-{repeat}",
+            commands = ingest_commands(work / "corpus", file_list, work / "records",
                                        work / "config.yaml", cfg)
             runs = [(name, argv, None) for name, argv in commands.items()]
             if one_core:
-                runs += [("tfbird_1core", commands["tfbird"][:-1] + [str(work / f"r1-{repeat}")],
-                          "0"), ("librosa_1core", commands["librosa"], "0")]
+                runs += [("tfbird_1core", commands["tfbird"], "0"),
+                         ("librosa_1core", commands["librosa"], "0")]
             for name, argv, cores in runs:
                 seconds.setdefault(name, []).append(wall_seconds(argv, cores))
-                log_progress(f"bench ingest: repeat {repeat + 1}/{repeats} {name} "
-                             f"{seconds[name][-1]:.1f} s")
+                shutil.rmtree(work / "records", ignore_errors=True)
+                print(f"bench ingest: repeat {repeat + 1}/{repeats} {name} "
+                      f"{seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
     return {"files": len(links), "audio_s": audio_s, "repeats": repeats,
             "seconds": {name: statistics.median(values) for name, values in seconds.items()},
             "all_seconds": seconds}
-
-
-def analyze_duration_s(path: Path) -> float:
-    from tfbird import analyze
-
-    return analyze.recording_duration_s(path)
-
-
-def log_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 INGEST_ROWS = [
