@@ -194,7 +194,9 @@ def test_ingest_undoes_tensorflows_generator_malloc_setting():
     import ctypes.util
 
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    # What TensorFlow's first from_generator does: every 4-MB array becomes a fresh mmap.
+    # The state TensorFlow's first from_generator leaves (M_TRIM_THRESHOLD set, so glibc's
+    # mmap threshold stays at its 128-KB start): every 4-MB array becomes a fresh mmap.
+    libc.mallopt(ingest.M_MMAP_THRESHOLD, 128 * 1024)
     libc.mallopt(ingest.M_TRIM_THRESHOLD, 128 * 1024)
     page_faults_of_large_allocations(2)
     patched = page_faults_of_large_allocations()
