@@ -1,6 +1,7 @@
 """Analysis: streaming decode, windowing with overlap, merging calls, outputs that cover each
 recording, resuming, the error log, and a 2-minute real recording."""
 
+import json
 import os
 import sys
 import time
@@ -60,6 +61,21 @@ def test_stream_windows_match_window_starts_for_any_blocks(num_samples):
     # The windows cover the recording, and only the last may start off the hop grid.
     assert starts[0] == 0 and min(starts[-1] + 10, num_samples) == num_samples
     assert all(s % 6 == 0 for s in starts[:-1])
+
+
+@pytest.mark.parametrize("pad_mode", ["zeros", "repeat"])
+def test_a_clip_shorter_than_the_window_is_padded_as_ingest_pads_it(pad_mode):
+    from tfbird.config import AudioConfig
+    from tfbird.waveform import stream_cut_windows
+
+    clip = np.arange(1, 8, dtype=np.float32)  # 7 samples, a window of 10
+    audio = AudioConfig(sample_rate_hz=1000, window_s=0.01, hop_s=0.01, pad_mode=pad_mode)
+    [(trained, _)] = list(stream_cut_windows([clip[:3], clip[3:]], audio))
+    [(start, analyzed)] = list(analyze.stream_windows([clip[:3], clip[3:]], 10, 10, pad_mode))
+    expected = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3] if pad_mode == "repeat" else [*range(1, 8), 0, 0, 0]
+    assert start == 0
+    np.testing.assert_array_equal(analyzed, expected)
+    np.testing.assert_array_equal(trained[0], expected)
 
 
 def test_window_starts_with_overlap():
@@ -446,3 +462,17 @@ def test_dask_options_need_the_extra_and_exclude_jobs(monkeypatch):
         AnalyzeConfig(jobs=2, dask_local=2).validate()
     with pytest.raises(ValueError, match="Give one of"):
         AnalyzeConfig(dask_scheduler="tcp://host:8786", dask_local=2).validate()
+
+
+def test_model_info_reads_the_padding_rule_of_the_export(tmp_path):
+    from tfbird import config as config_lib
+    from tfbird import exporter
+
+    cfg = config_lib.Config(audio=config_lib.AudioConfig(pad_mode="repeat"))
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / analyze.LABELS_ASSET).write_text("sp00\nsp01\n")
+    (assets / analyze.CONTRACT_ASSET).write_text(
+        json.dumps({**exporter.model_contract(cfg, ["sp00", "sp01"]), "window_samples": 160000}))
+    info = analyze.info_from_assets(tmp_path, "saved_model", assets)
+    assert (info.pad_mode, info.window_samples) == ("repeat", 160000)

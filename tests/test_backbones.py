@@ -3,6 +3,8 @@ built here, embedding records, heads trained on them, and the export -> analyze 
 
 import importlib.util
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -86,9 +88,55 @@ def test_settings_that_do_not_fit_embeddings_are_refused(tmp_path, section, valu
         backbone_config(tmp_path, "birdnet", **{section: values})
 
 
-def test_perch_needs_its_saved_model_path(tmp_path):
-    with pytest.raises(ValueError, match="model.backbone_path"):
-        backbone_config(tmp_path, "perch")
+def fake_kagglehub(monkeypatch, model_download):
+    """``import kagglehub`` gives a module whose ``model_download`` is ``model_download``
+    (installed or not: the tests never download). Returns the handles it was called with."""
+    calls = []
+
+    def record(handle, *args, **kwargs):
+        calls.append(handle)
+        return model_download(handle)
+
+    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(model_download=record))
+    return calls
+
+
+def test_perch_without_a_path_is_downloaded_by_kagglehub(tmp_path, monkeypatch, fake_perch):
+    calls = fake_kagglehub(monkeypatch, lambda handle: str(fake_perch))
+    cfg = backbone_config(tmp_path, "perch")  # No model.backbone_path: valid.
+    assert cfg.model.backbone_path is None
+    backbone = backbones.load_backbone(cfg.model)
+    assert calls == ["google/bird-vocalization-classifier/tensorFlow2/"
+                     "bird-vocalization-classifier"]  # Unversioned: the latest.
+    waveforms = np.random.default_rng(3).normal(0, 0.1, [2, PERCH_WINDOW]).astype(np.float32)
+    np.testing.assert_allclose(backbone.embed(waveforms), fake_perch_embedding(waveforms),
+                               rtol=1e-4, atol=1e-4)
+    assert backbones.with_model_path(cfg.model).backbone_path == str(fake_perch)
+    # A path given is used as it is: nothing downloaded.
+    backbones.load_backbone(config.ModelConfig(backbone="perch", backbone_path=str(fake_perch)))
+    assert len(calls) == 2  # The load and with_model_path above, not this one.
+
+
+def test_perch_offline_names_both_ways_to_get_the_model(monkeypatch):
+    def offline(handle):
+        raise ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    fake_kagglehub(monkeypatch, offline)
+    with pytest.raises(ValueError) as raised:
+        backbones.load_backbone(config.ModelConfig(backbone="perch"))
+    message = str(raised.value)
+    assert "ConnectionError: Failed to resolve 'www.kaggle.com'" in message
+    assert "pip install kagglehub" in message
+    assert "--set model.backbone_path=/path/to/perch_savedmodel" in message
+    assert message.endswith("Received: backbone='perch', backbone_path=None")
+
+
+def test_perch_without_kagglehub_names_both_ways_to_get_the_model(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # import kagglehub raises ImportError.
+    with pytest.raises(ValueError, match=r"needs kagglehub: online, pip install kagglehub .*"
+                                         r"offline, .*--set model.backbone_path=/path/to/"
+                                         r"perch_savedmodel\. Received: backbone='perch'"):
+        backbones.load_backbone(config.ModelConfig(backbone="perch"))
 
 
 # --- BirdNET on real audio --------------------------------------------------------------------

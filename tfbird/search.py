@@ -4,16 +4,20 @@ and cut the hits into clips to review.
 ``embed_recordings`` writes an embeddings folder (``tfbird embed``)::
 
     DB/db.json                    the backbone (name, version, licence, audio contract)
+                                  and its model's path (Perch: the folder kagglehub gave)
     DB/parts/<recording>.parquet  one row per window: file, start_s, end_s, embedding
+    DB/index.faiss, index.json    the search index over the parts (``tfbird.vector_index``)
 
 Each recording's part is written whole (a temporary name, then renamed), so rerunning the
 same command skips the recordings already embedded and a killed run resumes. Windows are
 ``analyze``'s (``analyze.stream_windows``: the model's window, ``overlap_s`` apart, the last
 one aligned to the end of the recording).
 
-``search`` ranks every stored window by cosine similarity to a query window (exact, a
-matrix product over all rows: a million windows of BirdNET's 1024 values are 4 GB of float32;
-beyond that an approximate index such as usearch would be needed). ``export_clips`` writes each
+``search`` ranks the stored windows by cosine similarity to a query window through a faiss
+index over the parts (built on the first search and rebuilt when the parts changed; exact,
+or approximate HNSW on request). Without faiss installed it compares the query with every
+row in numpy (exact; a million windows of BirdNET's 1024 values are 4 GB of float32 in
+memory). ``export_clips`` writes each
 hit as a WAV snippet and ``review.csv`` with an empty ``label`` column: labelled, it is a
 data set for ``train`` (CSV layout).
 
@@ -35,7 +39,7 @@ import pandas as pd
 import soundfile
 from tqdm.auto import tqdm
 
-from tfbird import analyze, backbones, config
+from tfbird import analyze, backbones, config, vector_index
 from tfbird.waveform import stream_waveform
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,9 @@ def embed_recordings(inputs: list[str | Path], model_cfg: config.ModelConfig,
         ValueError: a folder made with another backbone or overlap.
     """
     out_dir = Path(out_dir)
+    # The model's folder, not "the latest Perch on Kaggle": search embeds its queries with
+    # the same model, offline too, and a resumed run with a newer Perch is refused.
+    model_cfg = backbones.with_model_path(model_cfg)
     backbone = backbones.load_backbone(model_cfg)
     hop_samples = backbone.window_samples - int(round(overlap_s * backbone.sample_rate_hz))
     if not 0 < hop_samples <= backbone.window_samples:
@@ -132,8 +139,12 @@ def embed_recording(path: str | Path, backbone: backbones.Backbone, hop_samples:
                          "embedding": list(np.concatenate(embeddings))})
 
 
-def read_db(db_dir: str | Path) -> tuple[dict, pd.DataFrame, np.ndarray]:
-    """``(settings, rows without the embedding, embeddings float32 [rows, dim])``."""
+def list_parts(db_dir: str | Path) -> list[Path]:
+    """The folder's parts, sorted (the order of rows in ``read_db`` and in the index).
+
+    Raises:
+        ValueError: not an embeddings folder, or one without windows.
+    """
     db_dir = Path(db_dir)
     if not (db_dir / DB_FILE).is_file():
         raise ValueError(f"Not an embeddings folder (no {DB_FILE}); make one with tfbird "
@@ -141,13 +152,24 @@ def read_db(db_dir: str | Path) -> tuple[dict, pd.DataFrame, np.ndarray]:
     parts = sorted((db_dir / PARTS_DIR).glob("*.parquet"))
     if not parts:
         raise ValueError(f"The embeddings folder has no windows. Received: db={str(db_dir)!r}")
+    return parts
+
+
+def read_db(db_dir: str | Path) -> tuple[dict, pd.DataFrame, np.ndarray]:
+    """``(settings, rows without the embedding, embeddings float32 [rows, dim])``."""
+    parts = list_parts(db_dir)
     table = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
     embeddings = np.stack(table.pop("embedding").to_numpy()).astype(np.float32)
-    return json.loads((db_dir / DB_FILE).read_text()), table, embeddings
+    return read_settings(db_dir), table, embeddings
+
+
+def read_settings(db_dir: str | Path) -> dict:
+    """``db.json``: the backbone and overlap the folder was embedded with."""
+    return json.loads((Path(db_dir) / DB_FILE).read_text())
 
 
 def search(db_dir: str | Path, query: str | Path, start_s: float = 0.0,
-           top_k: int = 10) -> pd.DataFrame:
+           top_k: int = 10, index: str = "exact") -> pd.DataFrame:
     """The ``top_k`` stored windows most like the query window, best first.
 
     Args:
@@ -156,19 +178,53 @@ def search(db_dir: str | Path, query: str | Path, start_s: float = 0.0,
             zero-padded past the end) is the query.
         start_s: where the query window starts, in seconds.
         top_k: rows returned.
+        index: ``exact`` or ``hnsw`` (approximate; ``tfbird.vector_index``); without faiss,
+            exact in numpy either way.
 
     Returns:
         ``rank, file, start_s, end_s, similarity`` (cosine, in [-1, 1]).
     """
-    settings, table, embeddings = read_db(db_dir)
+    list_parts(db_dir)  # An embeddings folder with windows, before loading the model.
+    settings = read_settings(db_dir)
     backbone = backbones.load_backbone(config.ModelConfig(
         backbone=settings["backbone"]["name"], backbone_path=settings.get("backbone_path")))
+    check_same_backbone(db_dir, settings["backbone"], backbone.describe())
     window = read_window(query, start_s, backbone.sample_rate_hz, backbone.window_samples)
-    similarity = cosine_similarity(backbone.embed(window[None])[0], embeddings)
-    best = np.argsort(-similarity, kind="stable")[:top_k]
-    hits = table.iloc[best].reset_index(drop=True)
+    return nearest_windows(db_dir, backbone.embed(window[None])[0], top_k, index)
+
+
+def check_same_backbone(db_dir: str | Path, stored: dict, loaded: dict) -> None:
+    """Refuses to compare a query embedded by another model (the folder at ``backbone_path``
+    replaced since) with the stored windows: the similarities would mean nothing."""
+    if stored != loaded:
+        raise ValueError(f"{db_dir} was embedded with {stored}, but its backbone_path now "
+                         f"loads another model; embed again into another folder. Received: "
+                         f"backbone={loaded}")
+
+
+def nearest_windows(db_dir: str | Path, query_embedding: np.ndarray, top_k: int = 10,
+                    index: str = "exact") -> pd.DataFrame:
+    """The ``top_k`` stored windows nearest ``query_embedding`` by cosine similarity:
+    through the faiss index when faiss is installed, else exactly in numpy.
+
+    Returns:
+        ``rank, file, start_s, end_s, similarity``, best first.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1. Received: top_k={top_k}")
+    parts = list_parts(db_dir)
+    if vector_index.faiss_module() is None:
+        vector_index.check_kind(index)  # The same check of the argument either way.
+        _, table, embeddings = read_db(db_dir)
+        similarity = cosine_similarity(query_embedding, embeddings)
+        best = np.argsort(-similarity, kind="stable")[:top_k]
+        hits, similarity = table.iloc[best].reset_index(drop=True), similarity[best]
+    else:
+        faiss_index, fingerprint = vector_index.load_or_build_index(db_dir, parts, index)
+        ids, similarity = vector_index.nearest_rows(faiss_index, query_embedding, top_k)
+        hits = vector_index.rows_at(parts, fingerprint, ids)
     hits.insert(0, "rank", np.arange(1, len(hits) + 1))
-    hits["similarity"] = similarity[best]
+    hits["similarity"] = np.asarray(similarity, np.float32)
     return hits
 
 
