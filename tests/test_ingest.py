@@ -4,6 +4,7 @@ reported and counted, never dropped silently."""
 import ast
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -190,18 +191,24 @@ def page_faults_of_large_allocations(count: int = 40, num_bytes: int = 4 * 2**20
 
 @pytest.mark.skipif(not __import__("ctypes.util").util.find_library("c"), reason="needs glibc")
 def test_ingest_undoes_tensorflows_generator_malloc_setting():
-    import ctypes
-    import ctypes.util
+    """In a fresh process: other tests (TensorFlow, oneDNN) change the allocator's state."""
+    import subprocess
+    import sys
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    # The state TensorFlow's first from_generator leaves (M_TRIM_THRESHOLD set, so glibc's
-    # mmap threshold stays at its 128-KB start): every 4-MB array becomes a fresh mmap.
-    libc.mallopt(ingest.M_MMAP_THRESHOLD, 128 * 1024)
-    libc.mallopt(ingest.M_TRIM_THRESHOLD, 128 * 1024)
-    page_faults_of_large_allocations(2)
-    patched = page_faults_of_large_allocations()
-    assert patched > 40 * 500  # About 1,024 pages per 4-MB array.
-
-    assert ingest.restore_malloc_thresholds()
-    page_faults_of_large_allocations(2)  # The heap grows once to hold one array.
-    assert page_faults_of_large_allocations() < patched / 20
+    code = (
+        "import ctypes, ctypes.util, sys\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_ingest import page_faults_of_large_allocations as faults\n"
+        "from tfbird import ingest\n"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+        "libc.mallopt(ingest.M_MMAP_THRESHOLD, 128 * 1024)\n"
+        "libc.mallopt(ingest.M_TRIM_THRESHOLD, 128 * 1024)\n"
+        "faults(2); patched = faults()\n"
+        "assert ingest.restore_malloc_thresholds()\n"
+        "faults(2); print(patched, faults())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    patched, restored = map(int, done.stdout.split()[-2:])
+    assert patched > 40 * 500  # About 1,024 pages per 4-MB array under the patch.
+    assert restored < patched / 20
