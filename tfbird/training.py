@@ -34,6 +34,7 @@ import csv
 import dataclasses
 import datetime
 import importlib.metadata
+import io
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ import tensorflow as tf
 
 from tfbird import config, dataset, metrics, records
 from tfbird import labels as labels_lib
+from tfbird.detections import write_atomically
 from tfbird.ingest import read_manifest
 from tfbird.model import (
     build_classifier,
@@ -522,12 +524,11 @@ def finished_log_rows(log_path: Path, epochs_done: int) -> tuple[list[str], list
 
 def write_csv_atomically(path: Path, fields: list[str], rows: list[dict]) -> None:
     """Writes a CSV through a temporary file renamed over ``path``."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
 def resume_state(run_dir: Path) -> tuple[int, float | None]:
@@ -708,9 +709,7 @@ def worker_output_dirs(run_dir: str | Path | None, index: int) -> tuple[Path, Pa
 def write_metrics(scores: dict, path: Path) -> None:
     """JSON with ``null`` for an undefined score (NaN: e.g. no class with positives)."""
     plain = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in scores.items()}
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(plain, indent=2))
-    os.replace(partial, path)
+    write_atomically(path, json.dumps(plain, indent=2))
 
 
 RUN_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE)  # What every finished run folder holds.
@@ -840,9 +839,7 @@ def mark_fit_finished(backup_dir: Path, end_epoch: int) -> None:
     if not metadata.is_file():
         return
     state = json.loads(metadata.read_text())
-    partial = metadata.with_name(metadata.name + ".partial")
-    partial.write_text(json.dumps({**state, "epoch": end_epoch}))
-    os.replace(partial, metadata)
+    write_atomically(metadata, json.dumps({**state, "epoch": end_epoch}))
 
 
 def training_callbacks(run_dir: Path, train_cfg: config.TrainConfig = config.TrainConfig(),
