@@ -127,3 +127,19 @@ def test_other_settings_make_the_old_shards_stale(tmp_path):
     assert sorted(p.name for p in out.glob("*.tfrecord")) == sorted(
         s["file"] for split in second["splits"].values() for s in split["shards"])
     assert second["ingested"] == first["ingested"]
+
+
+def test_workers_equal_one_run_when_recordings_span_several_blocks(tmp_path):
+    """A shard's records follow the order its recordings finish decoding; with recordings of
+    several blocks that order must not depend on the neighbouring shards' recordings."""
+    (tmp_path / "data").mkdir()
+    data = write_corpus(tmp_path / "data")
+    cfg = tiny_config(tmp_path, data={"files_per_shard": 4, "validation_fraction": 0.25,
+                                      "max_failures": 0, "decode_block_s": 1.0})
+    reference = ingest.ingest(cfg, data, tmp_path / "reference", progress=False)
+    out = tmp_path / "workers"
+    ingest.ingest(cfg, data, out, progress=False, workers=2, worker_index=0)
+    merged = ingest.ingest(cfg, data, out, progress=False, workers=2, worker_index=1)
+    assert merged["complete"] and comparable(merged) == comparable(reference)
+    contents = shard_contents(tmp_path / "reference", reference)
+    assert len(contents) == 11 and shard_contents(out, merged) == contents

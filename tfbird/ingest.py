@@ -243,7 +243,9 @@ def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
     until then they are held by ``records.PendingExamples`` (in memory, or for a long
     recording in a spill file beside the shard) and dropped if it fails mid-stream. Records
     of one recording are consecutive; recordings follow in the (deterministic) order they
-    finish. A shard is closed, and its sidecar written, when its last recording is done.
+    finish, which depends on the shard's own recordings only (each shard is interleaved on its
+    own), so a shard is the same whichever run writes it. A shard is closed, and its sidecar
+    written, when its last recording is done.
     """
     rows = pd.concat([s.rows for s in shards]) if shards else pd.DataFrame(
         columns=catalog.CATALOG_COLUMNS)
@@ -279,7 +281,8 @@ def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
     try:
         for index in [i for i, count in enumerate(remaining) if count == 0]:
             finish_shard(index)
-        blocks = iterate_windows(rows["path"].tolist(), cfg, rows["filename"].tolist())
+        blocks = iterate_windows(rows["path"].tolist(), cfg, rows["filename"].tolist(),
+                                 [len(s.rows) for s in shards])
         # disable=None: tqdm stays quiet when stderr is not a terminal (logs, cluster jobs).
         with tqdm(total=len(rows), unit="file", desc="ingest",
                   disable=None if progress else True) as bar:
@@ -430,8 +433,8 @@ def recording_elements(path: bytes, cfg: config.Config) -> Iterator[tuple]:
     yield (*previous, b"", True)
 
 
-def window_dataset(paths: list[str], cfg: config.Config,
-                   names: list[str] | None = None) -> tf.data.Dataset:
+def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None = None,
+                   group_sizes: list[int] | None = None) -> tf.data.Dataset:
     """tf.data pipeline: paths -> blocks ``(position, feature, start_s, audio_s, error, last)``.
 
     ``position`` is the recording's index in ``paths``. ``feature`` is ``[windows, frames,
@@ -443,7 +446,10 @@ def window_dataset(paths: list[str], cfg: config.Config,
     ``PARALLEL_RECORDINGS`` recordings are decoded at once and their blocks interleaved one
     by one, in a deterministic order (``interleave(deterministic=True)``, ``block_length=1``:
     a larger block length lets tf.data buffer that many blocks of every other recording).
-    ``names`` (default ``paths``) seed the random window choice of each file.
+    ``group_sizes`` (default: one group of all) splits ``paths`` into consecutive groups (the
+    shards) interleaved one after the other, so the order of a group's blocks depends on its
+    own recordings only: a shard written alone (``--workers``, Dask) equals the same shard
+    written among all. ``names`` (default ``paths``) seed the random window choice of each file.
     """
     restore_malloc_thresholds()
     frontend = build_frontend(cfg.audio, cfg.frontend)
@@ -472,13 +478,19 @@ def window_dataset(paths: list[str], cfg: config.Config,
             feature = tf.cast(frontend(windows), tf.float16)
         return position, feature, start_s, audio_s, error, last
 
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string),
-         tf.constant(np.reshape(seeds, [-1, 2]), tf.int64)))
-    dataset = dataset.interleave(recording_blocks, cycle_length=PARALLEL_RECORDINGS,
-                                 block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=True)
-    dataset = dataset.map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    files = (tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string),
+             tf.constant(np.reshape(seeds, [-1, 2]), tf.int64))
+
+    def group_blocks(start, size):
+        group = tf.data.Dataset.from_tensor_slices(tuple(t[start:start + size] for t in files))
+        return group.interleave(recording_blocks, cycle_length=PARALLEL_RECORDINGS,
+                                block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                                deterministic=True)
+
+    sizes = np.asarray(group_sizes if group_sizes is not None else [len(paths)], np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((np.cumsum(sizes) - sizes, sizes))
+    dataset = dataset.flat_map(group_blocks).map(to_features, num_parallel_calls=tf.data.AUTOTUNE,
+                                                 deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -504,7 +516,8 @@ def restore_malloc_thresholds() -> bool:
                 and libc.mallopt(M_TRIM_THRESHOLD, 2 * ADAPTIVE_MMAP_THRESHOLD_MAX_BYTES))
 
 
-def iterate_windows(paths: list[str], cfg: config.Config, names: list[str] | None = None
+def iterate_windows(paths: list[str], cfg: config.Config, names: list[str] | None = None,
+                    group_sizes: list[int] | None = None
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, float, str, bool]]:
     """Yields the blocks of ``window_dataset`` as numpy values, with a ``str`` error. With
     ``data.store: embedding`` the windows are embedded here (float16 ``[windows, dim]``) by
@@ -514,7 +527,7 @@ def iterate_windows(paths: list[str], cfg: config.Config, names: list[str] | Non
     embed = (load_backbone(cfg.model).embed if cfg.data.store == records.EMBEDDING
              else None)
     for position, feature, start_s, audio_s, error, last in window_dataset(
-            paths, cfg, names).as_numpy_iterator():
+            paths, cfg, names, group_sizes).as_numpy_iterator():
         if embed is not None:
             feature = embed(feature).astype(np.float16)
         yield int(position), feature, start_s, float(audio_s), error.decode("utf-8"), bool(last)
