@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
@@ -674,24 +675,35 @@ def run_dask_jobs(recordings: list[tuple[Path, Path]], info: ModelInfo, cfg: Ana
     ``FileResult``. A worker loads the model once (``load_predictor`` is cached per process)
     and reuses it for every recording it is given.
     """
-    distributed = import_distributed()
-    logging.getLogger("distributed").setLevel(logging.ERROR)  # Cluster start/stop chatter.
-    if cfg.dask_local:
-        num_threads = threads_per_worker(cfg, cfg.dask_local)
-        cluster = distributed.LocalCluster(
-            n_workers=cfg.dask_local, threads_per_worker=1, processes=True,
-            dashboard_address=":0", silence_logs=logging.ERROR)  # Any free dashboard port.
-        client = distributed.Client(cluster)
-        client.run(init_worker, num_threads)
-    else:
-        cluster, num_threads = None, None
-        client = distributed.Client(cfg.dask_scheduler)
-    try:
+    num_threads = threads_per_worker(cfg, cfg.dask_local) if cfg.dask_local else None
+    with dask_client(cfg.dask_scheduler, cfg.dask_local, num_threads) as client:
         futures = [client.submit(analyze_file, path, stem, info, cfg, keep_labels, num_threads,
                                  key=f"analyze-{stem}", pure=False)
                    for path, stem in recordings]
-        for future in distributed.as_completed(futures):
+        for future in import_distributed().as_completed(futures):
             yield future.result()
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, local_workers: int = 0,
+                num_threads: int | None = None) -> Iterator:
+    """A ``distributed.Client``, closed on exit: of a new ``LocalCluster`` of
+    ``local_workers`` single-threaded worker processes (closed too), each set up by
+    ``init_worker(num_threads)``, or else of the running scheduler at ``scheduler``
+    (``tcp://host:8786``). Used by ``analyze`` and ``ingest`` (``--dask-local``,
+    ``--dask-scheduler``)."""
+    distributed = import_distributed()
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # Cluster start/stop chatter.
+    cluster = None
+    if local_workers:
+        cluster = distributed.LocalCluster(
+            n_workers=local_workers, threads_per_worker=1, processes=True,
+            dashboard_address=":0", silence_logs=logging.ERROR)  # Any free dashboard port.
+    client = distributed.Client(cluster or scheduler)
+    try:
+        if cluster is not None:
+            client.run(init_worker, num_threads)
+        yield client
     finally:
         client.close()
         if cluster is not None:
