@@ -148,9 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="= data.store: records hold float16 log-mels (default) or int16 "
                              "PCM windows (the front end then runs in the reader or the model)")
     ingest.add_argument("--workers", type=int, default=1,
-                        help="K processes share the shards (run one per --worker-index); the "
-                             "last to finish writes the manifest")
+                        help="K processes share the shards (run one per --worker-index, e.g. "
+                             "a job array: no scheduler needed); the last to finish writes the "
+                             "manifest")
     ingest.add_argument("--worker-index", type=int, default=0, help="I in 0..K-1")
+    ingest.add_argument("--dask-scheduler", metavar="ADDRESS",
+                        help="send the shards to this Dask scheduler, e.g. tcp://host:8786 "
+                             "(pip install 'tfbird[dask]'; workers must see the same paths)")
+    ingest.add_argument("--dask-local", type=int, default=0, metavar="N",
+                        help="send the shards to a local Dask cluster of N worker processes")
     ingest.add_argument("--restart", action="store_true",
                         help="rewrite this run's shards instead of resuming finished ones")
     ingest.set_defaults(command=run_ingest)
@@ -478,7 +484,8 @@ def run_ingest(args) -> int:
     try:
         manifest = ingest.ingest(cfg, args.data, args.out, progress=not args.quiet,
                                  resume=not args.restart, workers=args.workers,
-                                 worker_index=args.worker_index)
+                                 worker_index=args.worker_index,
+                                 dask_scheduler=args.dask_scheduler, dask_local=args.dask_local)
     except ingest.TooManyFailures as error:
         print_ingest_summary(error.manifest, args.out)
         raise

@@ -24,7 +24,11 @@ fingerprint are stale and are deleted with their shards, as are shards outside t
 shard count). ``workers=K, worker_index=I`` writes
 only the shards at positions ``I, I + K, ...`` of the plan; whichever run finds all shards
 finished writes ``manifest.json``, ``labels.txt``, ``failures.csv`` and ``ingested.csv``
-(rerunning without workers does the same, writing any shard still missing).
+(rerunning without workers does the same, writing any shard still missing): the job-array
+option, with no scheduler. ``dask_local=N`` or ``dask_scheduler="tcp://host:8786"`` instead
+sends each unfinished shard as one task to Dask workers (the engine ``analyze`` uses), and
+this process merges the manifest at the end. Each shard is interleaved on its own, so it is
+the same whichever run or worker writes it: every way gives the single-process output.
 
 Example:
     >>> manifest = ingest(cfg, data="data/demo", out_dir="records/demo")
@@ -54,7 +58,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfbird import catalog, config, records
+from tfbird import analyze, catalog, config, records
 from tfbird import labels as labels_lib
 from tfbird.backbones import load_backbone
 from tfbird.frontend import build_frontend
@@ -102,7 +106,8 @@ class ShardPlan:
 
 
 def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: bool = True,
-           resume: bool = True, workers: int = 1, worker_index: int = 0) -> dict:
+           resume: bool = True, workers: int = 1, worker_index: int = 0,
+           dask_scheduler: str | None = None, dask_local: int = 0) -> dict:
     """Ingests a data set into sharded TFRecords under ``out_dir``.
 
     Args:
@@ -116,6 +121,10 @@ def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: 
             ``False`` rewrites this run's shards.
         workers: number of processes sharing the work (``--workers``).
         worker_index: which of them this is, ``0 <= worker_index < workers``.
+        dask_scheduler: address of a running Dask scheduler (``tcp://host:8786``) whose
+            workers write the shards (``write_shards_on_dask``); ``None``: not used.
+        dask_local: start a local Dask cluster of this many worker processes instead; 0: not
+            used. Neither goes with ``workers > 1``.
 
     Returns:
         The manifest (also written to ``out_dir/manifest.json``), with ``complete: True``;
@@ -127,9 +136,7 @@ def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: 
         TooManyFailures: more failed files than ``data.max_failures`` (after writing).
     """
     started = time.perf_counter()
-    if not (workers >= 1 and 0 <= worker_index < workers):
-        raise ValueError(f"Need workers >= 1 and 0 <= worker_index < workers. "
-                         f"Received: workers={workers}, worker_index={worker_index}")
+    check_work_split(workers, worker_index, dask_scheduler, dask_local)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = cfg.data.layout if cfg.data.layout != "auto" else catalog.detect_layout(data)
@@ -146,7 +153,11 @@ def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: 
     mine = plan[worker_index::workers]
     todo = [shard for shard in mine
             if not (resume and read_sidecar(out_dir, shard.name, fingerprint))]
-    write_shards(cfg, todo, labels, out_dir, fingerprint, progress)
+    if dask_scheduler or dask_local:
+        write_shards_on_dask(cfg, todo, labels, out_dir, fingerprint, progress, dask_scheduler,
+                             dask_local)
+    else:
+        write_shards(cfg, todo, labels, out_dir, fingerprint, progress)
 
     sidecars = {shard.name: read_sidecar(out_dir, shard.name, fingerprint) for shard in plan}
     if not all(sidecars.values()):
@@ -179,6 +190,21 @@ def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: 
     check_failures(len(failures), len(table), cfg.data.max_failures, out_dir / FAILURES,
                    manifest)
     return manifest
+
+
+def check_work_split(workers: int, worker_index: int, dask_scheduler: str | None,
+                     dask_local: int) -> None:
+    """Raises ValueError on bad worker numbers, or on more than one way to share the work."""
+    if not (workers >= 1 and 0 <= worker_index < workers):
+        raise ValueError(f"Need workers >= 1 and 0 <= worker_index < workers. "
+                         f"Received: workers={workers}, worker_index={worker_index}")
+    if dask_local < 0:
+        raise ValueError(f"Need dask_local >= 0 (0: no local Dask cluster). "
+                         f"Received: dask_local={dask_local}")
+    given = {"workers": workers, "dask_scheduler": dask_scheduler, "dask_local": dask_local}
+    if sum(bool(v) for v in (workers > 1, dask_scheduler, dask_local)) > 1:
+        raise ValueError(f"Give one of workers > 1 (a job array), dask_scheduler and "
+                         f"dask_local. Received: {given}")
 
 
 def plan_shards(recordings: pd.DataFrame, files_per_shard: int) -> list[ShardPlan]:
@@ -330,6 +356,43 @@ def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
         for pending, _ in recordings.values():
             pending.discard()
         raise
+
+
+def write_shards_on_dask(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
+                         out_dir: Path, fingerprint: str, progress: bool,
+                         scheduler: str | None, local_workers: int) -> None:
+    """Writes each shard, and then its sidecar, as one Dask task (``write_shard``).
+
+    ``scheduler`` connects to a running scheduler, whose workers must see the recordings and
+    ``out_dir`` at the same paths (a shared file system) and import this version of tfbird;
+    ``local_workers`` starts a ``LocalCluster`` of that many single-threaded worker processes
+    here, each with its share of the cores (``analyze.dask_client``). Every shard is written
+    whole by one worker, so the output is the single-process one; the progress bar counts the
+    files of the shards done. A task's error is raised here and the other tasks are dropped;
+    the shards already written keep their sidecars, so a rerun resumes.
+    """
+    if not shards:  # Everything was written before: no cluster to start.
+        return
+    out_dir = out_dir.absolute()  # As the workers must see it, whatever their folder.
+    num_threads = max(1, (os.cpu_count() or 1) // local_workers) if local_workers else None
+    token = hashlib.sha256(f"{out_dir}\n{fingerprint}".encode()).hexdigest()[:12]
+    with analyze.dask_client(scheduler, local_workers, num_threads) as client, tqdm(
+            total=sum(len(s.rows) for s in shards), unit="file", desc="ingest",
+            disable=None if progress else True) as bar:
+        futures = {client.submit(write_shard, cfg, shard, labels, out_dir, fingerprint,
+                                 key=f"ingest-{shard.name}-{token}"): shard for shard in shards}
+        for done, future in enumerate(analyze.import_distributed().as_completed(futures), 1):
+            future.result()
+            bar.set_postfix(shards=f"{done}/{len(shards)}", refresh=False)
+            bar.update(len(futures[future].rows))
+
+
+def write_shard(cfg: config.Config, shard: ShardPlan, labels: list[str], out_dir: Path,
+                fingerprint: str) -> str:
+    """One Dask task of ``write_shards_on_dask``: writes ``shard`` and its sidecar on a
+    worker (``write_shards``, no progress bar). Returns the shard's name."""
+    write_shards(cfg, [shard], labels, out_dir, fingerprint, progress=False)
+    return shard.name
 
 
 def split_entry(sidecars: list[dict], num_recordings: int, labels: list[str]) -> dict:
