@@ -4,7 +4,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tfbird import bench
+from tfbird import bench, config
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):
@@ -44,6 +44,19 @@ def test_format_ingest_section_gives_the_ratios_of_whole_processes():
     assert "**tfbird is 3.00x librosa** (one process) and runs at 50% of the 2-core" in section
     assert "| `tfbird ingest`, 2 cores | 20.0 | 1800x |" in section
     assert "On 1 core: 1.50x librosa." in section and "10.0 h of audio" in section
+    assert "--dask-local 2" not in section
+    section = bench.format_ingest_section("Ingest", {**result, "seconds": {
+        **seconds, "dask_local_2": 25.0}}, "python -m tfbird bench ingest")
+    assert "| `tfbird ingest --dask-local 2` (2 Dask workers), 2 cores | 25.0 | 1440x |" in section
+    assert "With `--dask-local 2`: 2.40x librosa, 0.80x the single-process ingest." in section
+
+
+def test_ingest_commands_time_dask_local_2_as_the_same_command_plus_the_option(tmp_path):
+    pytest.importorskip("distributed", reason="the Dask row needs 'tfbird[dask]'")
+    commands = bench.ingest_commands(tmp_path / "corpus", tmp_path / "files.txt",
+                                     tmp_path / "records", tmp_path / "cfg.yaml", config.Config())
+    assert commands["dask_local_2"] == [*commands["tfbird"], "--dask-local", "2"]
+    assert commands["tfbird"][2:5] == ["tfbird", "ingest", "--quiet"]
 
 
 FAKE_ANALYSIS = {"files": 3, "audio_s": 7200.0, "scaling_model": "keras",

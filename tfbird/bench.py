@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -146,20 +147,25 @@ def wall_seconds(argv: list[str], cores: str | None = None) -> float:
 
 def ingest_commands(corpus: Path, file_list: Path, out_dir: Path, cfg_path: Path,
                     cfg: config.Config) -> dict[str, list[str]]:
-    """The processes ``bench_ingest`` times: ``tfbird ingest``, the librosa loop (one
-    process) and the decode + resample floor (``soundfile`` + ``soxr``, 1 or 2 processes)."""
+    """The processes ``bench_ingest`` times: ``tfbird ingest`` (and with ``--dask-local 2``,
+    where Dask is installed), the librosa loop (one process) and the decode + resample floor
+    (``soundfile`` + ``soxr``, 1 or 2 processes)."""
     audio, fe = cfg.audio, cfg.frontend
     settings = (audio.sample_rate_hz, audio.window_samples, fe.n_fft, fe.hop_length,
                 fe.n_mels, fe.fmin_hz, fe.fmax_hz, fe.power, fe.amin, fe.top_db)
     floor = DECODE_FLOOR.format(sample_rate_hz=audio.sample_rate_hz)
-    return {
-        "tfbird": [sys.executable, "-m", "tfbird", "ingest", "--quiet", "--config",
-                   str(cfg_path), "--data", str(corpus), "--out", str(out_dir)],
+    tfbird = [sys.executable, "-m", "tfbird", "ingest", "--quiet", "--config", str(cfg_path),
+              "--data", str(corpus), "--out", str(out_dir)]
+    commands = {
+        "tfbird": tfbird,
         "librosa": [sys.executable, "-c", LIBROSA_INGEST.format(settings=settings),
                     str(file_list)],
         "floor_1": [sys.executable, "-c", floor, str(file_list), "1"],
         "floor_2": [sys.executable, "-c", floor, str(file_list), "2"],
     }
+    if importlib.util.find_spec("distributed") is not None:
+        commands["dask_local_2"] = [*tfbird, "--dask-local", "2"]
+    return commands
 
 
 def bench_ingest(sources: list[Path], cfg: config.Config, repeats: int = 3,
@@ -204,6 +210,7 @@ INGEST_ROWS = [
     ("floor_2", "decode + resample floor, 2 processes"),
     ("tfbird_1core", "`tfbird ingest` on 1 core (`taskset -c 0`)"),
     ("librosa_1core", "librosa loop on 1 core"),
+    ("dask_local_2", "`tfbird ingest --dask-local 2` (2 Dask workers), 2 cores"),
 ]
 
 
@@ -220,6 +227,10 @@ def format_ingest_section(title: str, result: dict, command: str) -> str:
     if "tfbird_1core" in seconds:
         lines.append(f"On 1 core: {seconds['librosa_1core'] / seconds['tfbird_1core']:.2f}x "
                      f"librosa.")
+    if "dask_local_2" in seconds:
+        lines.append(f"With `--dask-local 2`: {seconds['librosa'] / seconds['dask_local_2']:.2f}x "
+                     f"librosa, {seconds['tfbird'] / seconds['dask_local_2']:.2f}x the "
+                     f"single-process ingest.")
     return (f"## {title}\n\n"
             f"`{command}` on {datetime.date.today()}, {os.cpu_count()} CPU cores "
             f"({platform.machine()}), TensorFlow {tf.__version__}, librosa {librosa.__version__}."
