@@ -4,15 +4,13 @@ manifest), and a killed Dask ingest resumes to it."""
 
 import importlib.util
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 import typing
 
 import pytest
-from conftest import REPO, tiny_config
+from conftest import tiny_config
+from test_crash import kill_when, tfbird_command
 from test_ingest_resume import comparable, shard_contents, write_corpus
 
 from tfbird import cli, config, ingest
@@ -55,14 +53,20 @@ def assert_same_as_reference(out_dir, manifest, corpus):
     assert not list(out_dir.glob("*.tmp")) and not list(out_dir.glob(".*.tmp"))
 
 
-@needs_distributed
-def test_dask_local_ingest_equals_single_process_ingest(tmp_path, corpus):
+def dask_local_command(tmp_path, corpus, out_dir) -> list[str]:
+    """``tfbird ingest ... --dask-local 2`` of the corpus into ``out_dir`` (its arguments)."""
     data, cfg, _, _ = corpus
     config_path = tmp_path / "cfg.yaml"
     config.save(cfg, config_path)
+    return ["ingest", "--config", str(config_path), "--data", str(data), "--out", str(out_dir),
+            "--dask-local", "2", "--quiet"]
+
+
+@needs_distributed
+def test_dask_local_ingest_equals_single_process_ingest(tmp_path, corpus):
+    data, cfg, _, _ = corpus
     out = tmp_path / "dask"
-    assert cli.main(["ingest", "--config", str(config_path), "--data", str(data), "--out",
-                     str(out), "--dask-local", "2", "--quiet"]) == 0
+    assert cli.main(dask_local_command(tmp_path, corpus, out)) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["shards_written"] == NUM_SHARDS
     assert_same_as_reference(out, manifest, corpus)
@@ -130,26 +134,21 @@ def wait_for_exit(pids: list[int], timeout_s: float = 30.0) -> list[int]:
 def test_killed_dask_ingest_resumes_to_the_single_process_result(tmp_path, corpus):
     import psutil
 
-    data, cfg, _, _ = corpus
-    config_path = tmp_path / "cfg.yaml"
-    config.save(cfg, config_path)
     out = tmp_path / "killed"
-    command = ["ingest", "--config", str(config_path), "--data", str(data), "--out", str(out),
-               "--dask-local", "2", "--quiet"]
-    process = subprocess.Popen([sys.executable, "-m", "tfbird", *command], cwd=REPO,
-                               env={**os.environ, "PYTHONPATH": str(REPO)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(out.glob("*.tfrecord.json")) and time.monotonic() < deadline:
-            assert process.poll() is None, "the ingest ended before writing a shard"
-            time.sleep(0.005)
-        workers = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait(timeout=60)
-    assert len(workers) >= 2  # The Dask worker processes: they end with the killed ingest,
-    assert wait_for_exit(workers) == []  # so none writes beside the rerun.
+    command = dask_local_command(tmp_path, corpus, out)
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    processes = []  # The ingest and its Dask worker processes (not an earlier test's helpers).
+
+    def first_shard_written() -> bool:
+        if not list(out.glob("*.tfrecord.json")):
+            return False
+        processes.extend(child.pid for child in psutil.Process().children(recursive=True)
+                         if child.pid not in before)
+        return True
+
+    assert kill_when(tfbird_command(*command), first_shard_written), "it ended before the kill"
+    assert len(processes) >= 3  # The workers end with the killed ingest,
+    assert wait_for_exit(processes) == []  # so none writes beside the rerun.
     finished = len(list(out.glob("*.tfrecord.json")))
     assert 1 <= finished < NUM_SHARDS, f"killed after {finished} of {NUM_SHARDS} shards"
     assert not (out / "manifest.json").exists()
