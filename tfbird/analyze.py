@@ -689,9 +689,9 @@ def dask_client(scheduler: str | None, local_workers: int = 0,
                 num_threads: int | None = None) -> Iterator:
     """A ``distributed.Client``, closed on exit: of a new ``LocalCluster`` of
     ``local_workers`` single-threaded worker processes (closed too), each set up by
-    ``init_worker(num_threads)``, or else of the running scheduler at ``scheduler``
-    (``tcp://host:8786``). Used by ``analyze`` and ``ingest`` (``--dask-local``,
-    ``--dask-scheduler``)."""
+    ``init_worker(num_threads)`` (default: the cores shared evenly among them), or else of the
+    running scheduler at ``scheduler`` (``tcp://host:8786``). Used by ``analyze`` and
+    ``ingest`` (``--dask-local``, ``--dask-scheduler``)."""
     distributed = import_distributed()
     logging.getLogger("distributed").setLevel(logging.ERROR)  # Cluster start/stop chatter.
     cluster = None
@@ -702,7 +702,7 @@ def dask_client(scheduler: str | None, local_workers: int = 0,
     client = distributed.Client(cluster or scheduler)
     try:
         if cluster is not None:
-            client.run(init_worker, num_threads)
+            client.run(init_worker, num_threads or max(1, (os.cpu_count() or 1) // local_workers))
         yield client
     finally:
         client.close()

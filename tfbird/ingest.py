@@ -374,9 +374,8 @@ def write_shards_on_dask(cfg: config.Config, shards: list[ShardPlan], labels: li
     if not shards:  # Everything was written before: no cluster to start.
         return
     out_dir = out_dir.absolute()  # As the workers must see it, whatever their folder.
-    num_threads = max(1, (os.cpu_count() or 1) // local_workers) if local_workers else None
     token = hashlib.sha256(f"{out_dir}\n{fingerprint}".encode()).hexdigest()[:12]
-    with analyze.dask_client(scheduler, local_workers, num_threads) as client, tqdm(
+    with analyze.dask_client(scheduler, local_workers) as client, tqdm(
             total=sum(len(s.rows) for s in shards), unit="file", desc="ingest",
             disable=None if progress else True) as bar:
         futures = {client.submit(write_shard, cfg, shard, labels, out_dir, fingerprint,
