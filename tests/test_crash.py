@@ -190,6 +190,49 @@ def test_a_cut_first_backup_is_removed_and_training_starts_again(tmp_path):
     assert not any((tmp_path / training.BACKUP_DIR).iterdir())
 
 
+def write_events(path: Path, wall_times_and_steps: list[tuple[float, int]]) -> None:
+    """An event file as a killed run leaves it: a header event, then one scalar per epoch."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(event_pb2.Event(wall_time=1.0, file_version="brain.Event:2")
+                     .SerializeToString())
+        for wall_time, step in wall_times_and_steps:
+            event = event_pb2.Event(wall_time=wall_time, step=step)
+            event.summary.value.add(tag="epoch_loss", simple_value=float(step))
+            writer.write(event.SerializeToString())
+
+
+def scalar_steps(logs_dir: Path, tag: str = "epoch_loss") -> list[int]:
+    """The steps of ``tag``'s summaries in all event files under ``logs_dir``, sorted."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    steps = []
+    for path in logs_dir.rglob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            event = event_pb2.Event.FromString(record)
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return sorted(steps)
+
+
+def test_summaries_after_the_backup_are_dropped_so_rerun_epochs_show_once(tmp_path):
+    logs = tmp_path / "logs"
+    killed_run = logs / "train" / "events.out.tfevents.1.host.1.v2"
+    write_events(killed_run, [(100.0, 0), (200.0, 1), (300.0, 2)])  # Backed up after 1 and 2.
+    earlier_run = logs / "validation" / "events.out.tfevents.0.host.1.v2"
+    write_events(earlier_run, [(100.0, 0)])
+    os.utime(earlier_run, (150.0, 150.0))  # Older than the backup: left as it is.
+    before = earlier_run.read_bytes()
+    assert training.drop_summaries_after(logs, backed_up_at_s=250.0) == 1
+    assert scalar_steps(logs / "train") == [0, 1]
+    assert earlier_run.read_bytes() == before
+    assert sorted(p.name for p in logs.rglob("*")) == sorted(
+        ["train", "validation", killed_run.name, earlier_run.name])  # No temporary left.
+
+
 def test_a_kill_while_deleting_the_backup_leaves_it_whole_or_gone(tmp_path, uninterrupted):
     fit_tiny(tmp_path, training.RunBackup(tmp_path / training.BACKUP_DIR, double_checkpoint=True,
                                           delete_checkpoint=False), resumed=False)
@@ -522,6 +565,8 @@ def test_train_killed_at_seeded_moments_logs_each_epoch_once(tiny_config_file, t
     with (run_dir / training.TRAINING_LOG_FILE).open(newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    for phase in ("train", "validation"):  # TensorBoard's scalars: each epoch once too.
+        assert scalar_steps(run_dir / training.LOGS_DIR / phase) == [0, 1, 2], phase
     assert not (run_dir / training.BACKUP_DIR).exists()
     best = keras.models.load_model(run_dir / training.MODEL_FILE, compile=False)
     assert best.count_params() > 0 and (run_dir / training.METRICS_FILE).is_file()

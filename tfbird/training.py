@@ -50,6 +50,7 @@ import keras
 import numpy as np
 import scipy.special
 import tensorflow as tf
+from tensorflow.core.util import event_pb2
 
 from tfbird import config, dataset, metrics, records
 from tfbird import labels as labels_lib
@@ -531,14 +532,48 @@ def write_csv_atomically(path: Path, fields: list[str], rows: list[dict]) -> Non
     write_atomically(path, text.getvalue())
 
 
+def drop_summaries_after(logs_dir: Path, backed_up_at_s: float) -> int:
+    """Removes from the TensorBoard event files under ``logs_dir`` the summaries written
+    after ``backed_up_at_s`` (a POSIX time); returns how many were removed.
+
+    Those are the epochs a killed run finished after its last backup: the resumed run trains
+    them again and writes them anew, so without this TensorBoard would show them twice. The
+    time rule covers every tag, whatever its step counts (epochs, iterations). A file is
+    rewritten to a temporary beside it and renamed over the original.
+    """
+    removed = 0
+    for path in sorted(logs_dir.rglob("events.out.tfevents.*")):
+        if path.stat().st_mtime <= backed_up_at_s:
+            continue  # Nothing in it is newer than the backup.
+        kept, dropped = [], 0
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            event = event_pb2.Event.FromString(record)
+            if event.HasField("summary") and event.wall_time > backed_up_at_s:
+                dropped += 1
+            else:
+                kept.append(record)
+        if dropped:
+            temporary = path.with_name(path.name + ".trim.tmp")
+            with tf.io.TFRecordWriter(str(temporary)) as writer:
+                for record in kept:
+                    writer.write(record)
+            os.replace(temporary, path)
+            removed += dropped
+    if removed:
+        log.info("Removed %d TensorBoard summaries of epochs after the backup from %s.",
+                 removed, logs_dir)
+    return removed
+
+
 def resume_state(run_dir: Path) -> tuple[int, float | None]:
     """Prepares a run folder for ``BackupAndRestore``; returns ``(epochs done, best
     val_roc_auc so far)``.
 
     With a backup of ``k`` finished epochs (``restorable_backup_epoch``: the state Keras will
     restore), rows of ``training_log.csv`` for epoch ``k`` or later (written before a crash,
-    but not backed up) are dropped, so the epochs about to be rerun appear once. Without a
-    backup, training starts again and so does the log. The backup is the last phase's, or
+    but not backed up) are dropped, and so are their TensorBoard summaries
+    (``drop_summaries_after``), so the epochs about to be rerun appear once. Without a
+    backup, training starts again and so do the log and ``logs/``. The backup is the last phase's, or
     else the frozen-backbone phase's (``fit_in_phases``).
     """
     shutil.rmtree(run_dir / DELETED_BACKUP_DIR, ignore_errors=True)
@@ -547,6 +582,11 @@ def resume_state(run_dir: Path) -> tuple[int, float | None]:
         epochs_done = restorable_backup_epoch(backup_dir) if backup_dir.is_dir() else 0
         if epochs_done:
             break
+    if epochs_done:
+        drop_summaries_after(run_dir / LOGS_DIR,
+                             (backup_dir / BACKUP_METADATA).stat().st_mtime)
+    else:
+        shutil.rmtree(run_dir / LOGS_DIR, ignore_errors=True)
     log_path = run_dir / TRAINING_LOG_FILE
     if not epochs_done or not log_path.is_file():
         log_path.unlink(missing_ok=True)
