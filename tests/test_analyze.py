@@ -12,7 +12,7 @@ import pytest
 import soundfile
 from conftest import requires_shared_audio, shared_recordings
 
-from tfbird import analyze, cli, detections, exporter
+from tfbird import analyze, artifacts, cli, detections, exporter
 from tfbird.config import AnalyzeConfig
 from tfbird.waveform import AudioDecodeError, load_waveform, stream_waveform
 
@@ -471,8 +471,8 @@ def test_model_info_reads_the_padding_rule_of_the_export(tmp_path):
     cfg = config_lib.Config(audio=config_lib.AudioConfig(pad_mode="repeat"))
     assets = tmp_path / "assets"
     assets.mkdir()
-    (assets / analyze.LABELS_ASSET).write_text("sp00\nsp01\n")
-    (assets / analyze.CONTRACT_ASSET).write_text(
-        json.dumps({**exporter.model_contract(cfg, ["sp00", "sp01"]), "window_samples": 160000}))
+    (assets / artifacts.LABELS_ASSET).write_text("sp00\nsp01\n")
+    (assets / artifacts.CONTRACT_ASSET).write_text(
+        json.dumps({**artifacts.model_contract(cfg, ["sp00", "sp01"]), "window_samples": 160000}))
     info = analyze.info_from_assets(tmp_path, "saved_model", assets)
     assert (info.pad_mode, info.window_samples) == ("repeat", 160000)

@@ -178,18 +178,6 @@ def test_a_backup_made_with_another_config_is_not_resumed(tiny_cfg, tmp_path):
         training.check_resumable(tmp_path, changed)
 
 
-def test_environment_json_names_the_commit_and_package_versions(tmp_path):
-    environment = training.write_environment(tmp_path / training.ENVIRONMENT_FILE)
-    assert json.loads((tmp_path / training.ENVIRONMENT_FILE).read_text()) == environment
-    assert environment["packages"]["tensorflow"] == tf.__version__
-    assert environment["packages"]["keras"] == keras.__version__
-    assert environment["packages"]["numpy"] == np.__version__
-    assert set(environment["packages"]) == set(training.ENVIRONMENT_PACKAGES)
-    commit = environment["git_commit"]
-    assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)
-    assert training.git_commit(tmp_path) is None  # not a repository
-
-
 def test_deterministic_enables_op_determinism(monkeypatch):
     calls = []
     monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",

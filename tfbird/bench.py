@@ -357,17 +357,16 @@ SCALING_PLOTS = {"analyze_wall_clock.png": ("seconds", "Wall-clock (s)"),
 def analysis_models(paths: list[str | Path]) -> list[tuple[str, Path]]:
     """``(name, path)`` of each model form found: ``keras`` (a run folder), ``saved_model``
     (an export version folder) and ``tflite_<variant>`` (each TFLite file in that folder)."""
-    from tfbird import exporter
-    from tfbird.training import MODEL_FILE
+    from tfbird.artifacts import MODEL_FILE, SAVED_MODEL_FILE, TFLITE_FILES
 
     models = []
     for path in map(Path, paths):
         if (path / MODEL_FILE).is_file():
             models.append(("keras", path))
-        elif (path / "saved_model.pb").is_file():
+        elif (path / SAVED_MODEL_FILE).is_file():
             models.append(("saved_model", path))
             models += [(f"tflite_{variant}", path / name)
-                       for variant, name in exporter.TFLITE_FILES.items()
+                       for variant, name in TFLITE_FILES.items()
                        if (path / name).is_file()]
         elif path.suffix == ".tflite" and path.is_file():
             models.append((f"tflite_{path.stem}", path))

@@ -786,7 +786,7 @@ def run_bench_analyze(args) -> int:
 
 
 def config_of_run(run_dir: Path):
-    from tfbird.training import CONFIG_FILE, check_run_dir
+    from tfbird.artifacts import CONFIG_FILE, check_run_dir
 
     return config.load(check_run_dir(run_dir) / CONFIG_FILE)
 

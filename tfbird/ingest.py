@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from tfbird import catalog, config, records
 from tfbird import labels as labels_lib
+from tfbird.artifacts import LABELS_FILE
 from tfbird.backbones import load_backbone
 from tfbird.frontend import build_frontend
 from tfbird.waveform import (
@@ -71,7 +72,6 @@ from tfbird.waveform import (
 MANIFEST = "manifest.json"
 FAILURES = "failures.csv"
 INGESTED = "ingested.csv"
-LABELS_FILE = "labels.txt"
 SIDECAR_SUFFIX = ".json"
 SPLITS = ("train", "valid")
 FAILURE_COLUMNS = ["path", "filename", "reason", "detail"]

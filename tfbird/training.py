@@ -32,16 +32,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import datetime
-import importlib.metadata
 import io
 import json
 import logging
 import math
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -53,7 +49,18 @@ import tensorflow as tf
 
 from tfbird import config, dataset, metrics, records
 from tfbird import labels as labels_lib
-from tfbird.detections import write_atomically
+from tfbird.artifacts import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    TRAINING_LOG_FILE,
+    make_run_dir,
+    write_atomically,
+    write_environment,
+    write_metrics,
+)
 from tfbird.ingest import read_manifest
 from tfbird.model import (
     build_classifier,
@@ -65,12 +72,6 @@ from tfbird.model import (
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-LABELS_FILE = "labels.txt"
-ENVIRONMENT_FILE = "environment.json"
-TRAINING_LOG_FILE = "training_log.csv"
 BACKUP_DIR = "backup"
 FROZEN_BACKUP_DIR = "frozen"  # inside the backup folder: the frozen-backbone phase's backup
 BACKUP_METADATA = "training_metadata.json"  # BackupAndRestore's epoch count
@@ -78,7 +79,6 @@ BACKUP_METADATA = "training_metadata.json"  # BackupAndRestore's epoch count
 MIN_SED_TIME_STEPS = 4
 LOGS_DIR = "logs"  # TensorBoard
 INPUT_IMAGES = 4  # augmented training inputs shown in TensorBoard
-ENVIRONMENT_PACKAGES = ("tensorflow", "keras", "numpy", "librosa", "soundfile")
 
 
 def make_strategy(train_cfg: config.TrainConfig) -> tf.distribute.Strategy:
@@ -232,17 +232,6 @@ def split_cpu(num_devices: int) -> list[str]:
             f"Cannot split the CPU into {num_devices} devices after TensorFlow initialised "
             f"with {len(names)}. Received: cpu_replicas={num_devices}")
     return names[:num_devices]
-
-
-def make_run_dir(runs_dir: str | Path) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(runs_dir) / stamp
-    suffix = 1
-    while run_dir.exists():
-        run_dir = Path(runs_dir) / f"{stamp}-{suffix}"
-        suffix += 1
-    run_dir.mkdir(parents=True)
-    return run_dir
 
 
 def build_optimizer(train_cfg: config.TrainConfig, steps_per_epoch: int,
@@ -411,32 +400,6 @@ def configure_determinism(train_cfg: config.TrainConfig) -> None:
     keras.utils.set_random_seed(train_cfg.seed)
     if train_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-
-
-def git_commit(folder: str | Path = Path(__file__).parent) -> str | None:
-    """``git rev-parse HEAD`` in ``folder``, or ``None`` without git or a repository."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
-                                text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
-
-
-def write_environment(path: Path) -> dict:
-    """Writes the git commit, the Python version and the package versions as JSON."""
-    versions = {}
-    for name in ENVIRONMENT_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    environment = {"git_commit": git_commit(), "python": platform.python_version(),
-                   "packages": versions}
-    path.write_text(json.dumps(environment, indent=2))
-    return environment
 
 
 BACKUP_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's weights
@@ -704,32 +667,6 @@ def worker_output_dirs(run_dir: str | Path | None, index: int) -> tuple[Path, Pa
     output_dir = Path(tempfile.mkdtemp(prefix=f"tfbird-worker{index}-"))
     backup_parent = Path(run_dir) if run_dir else output_dir
     return output_dir, backup_parent / f"{BACKUP_DIR}-worker{index}"
-
-
-def write_metrics(scores: dict, path: Path) -> None:
-    """JSON with ``null`` for an undefined score (NaN: e.g. no class with positives)."""
-    plain = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in scores.items()}
-    write_atomically(path, json.dumps(plain, indent=2))
-
-
-RUN_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE)  # What every finished run folder holds.
-
-
-def check_run_dir(run_dir: str | Path) -> Path:
-    """``run_dir`` as a ``Path`` when it is a run folder that ``train`` finished.
-
-    Raises:
-        ValueError: a folder without ``model.keras``, ``config.yaml`` or ``labels.txt``.
-    """
-    run_dir = Path(run_dir)
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise ValueError(
-            f"{run_dir} is not a run folder: it has no {', '.join(missing)}. A run folder is "
-            f"what train writes (runs/<timestamp> by default): {', '.join(RUN_FILES)}, "
-            f"{METRICS_FILE}, {TRAINING_LOG_FILE} and checkpoints/. "
-            f"Received: run_dir={str(run_dir)!r}")
-    return run_dir
 
 
 def training_finished(run_dir: Path) -> bool:
