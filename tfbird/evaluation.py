@@ -36,7 +36,6 @@ from sklearn.metrics import confusion_matrix, precision_recall_curve
 
 from tfbird import config, metrics
 from tfbird import labels as labels_lib
-from tfbird.ingest import read_manifest
 from tfbird.artifacts import (
     CONFIG_FILE,
     LABELS_FILE,
@@ -46,6 +45,7 @@ from tfbird.artifacts import (
     check_run_dir,
     write_metrics,
 )
+from tfbird.records import read_manifest
 from tfbird.training import predict_split
 
 EVALUATION_DIR = "evaluation"

@@ -58,6 +58,8 @@ from tfbird import catalog, config, records
 from tfbird import labels as labels_lib
 from tfbird.artifacts import LABELS_FILE
 from tfbird.backbones import load_backbone
+from tfbird.records import MANIFEST
+from tfbird.records import read_manifest  # noqa: F401  (kept as ingest.read_manifest)
 from tfbird.frontend import build_frontend
 from tfbird.waveform import (
     CountedBlocks,
@@ -69,7 +71,6 @@ from tfbird.waveform import (
     stream_waveform,
 )
 
-MANIFEST = "manifest.json"
 FAILURES = "failures.csv"
 INGESTED = "ingested.csv"
 SIDECAR_SUFFIX = ".json"
@@ -569,15 +570,6 @@ def check_failures(num_failed: int, num_files: int, max_failures: float, report:
         raise TooManyFailures(
             f"{num_failed} of {num_files} files failed, more than data.max_failures allows; "
             f"see {report}. Received: max_failures={max_failures}", manifest or {})
-
-
-def read_manifest(records_dir: str | Path) -> dict:
-    path = Path(records_dir) / MANIFEST
-    if not path.is_file():
-        raise ValueError(f"No {MANIFEST} in the records folder; run `tfbird ingest` first "
-                         f"(with --workers, every worker must finish). "
-                         f"Received: records={str(records_dir)!r}")
-    return json.loads(path.read_text())
 
 
 def load_json(path: Path) -> dict:

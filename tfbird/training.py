@@ -61,7 +61,6 @@ from tfbird.artifacts import (
     write_environment,
     write_metrics,
 )
-from tfbird.ingest import read_manifest
 from tfbird.model import (
     build_classifier,
     build_embedding_head,
@@ -69,6 +68,7 @@ from tfbird.model import (
     sed_time_steps,
     set_backbone_trainable,
 )
+from tfbird.records import read_manifest
 
 log = logging.getLogger(__name__)
 
