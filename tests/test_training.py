@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbird import cli, config, dataset, ingest, metrics, training
+from tfbird import cli, config, dataset, distribute, ingest, metrics, training
 from tfbird.model import build_classifier
 
 
@@ -44,7 +44,7 @@ def test_metrics_json_holds_the_validation_scores(trained_run, tiny_records, tin
 
 
 def test_mirrored_strategy_on_cpu_has_two_replicas():
-    strategy = training.make_strategy(config.TrainConfig(strategy="mirrored", cpu_replicas=2))
+    strategy = distribute.make_strategy(config.TrainConfig(strategy="mirrored", cpu_replicas=2))
     assert strategy.num_replicas_in_sync == 2
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfbird import catalog, config, ingest, records, synth, training
+from tfbird import catalog, config, distribute, ingest, records, synth, training
 from tfbird.waveform import load_waveform
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def prepare_and_train(cfg: config.Config, data_given: bool = False,
     if run_dir is not None and not overwrite:  # Refused at once, not after ingesting.
         training.check_not_finished(Path(run_dir))
     # First: splitting the CPU for MirroredStrategy must precede any TensorFlow work (ingest).
-    strategy = training.make_strategy(cfg.train)
+    strategy = distribute.make_strategy(cfg.train)
     data = Path(cfg.data.path)
     if cfg.data.synthetic and not data_given:
         ensure_synthetic_corpus(data, cfg.synth, progress)
