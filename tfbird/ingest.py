@@ -42,7 +42,6 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 import sys
 import time
 import zlib
@@ -56,7 +55,7 @@ from tqdm.auto import tqdm
 
 from tfbird import catalog, config, records
 from tfbird import labels as labels_lib
-from tfbird.artifacts import LABELS_FILE
+from tfbird.artifacts import LABELS_FILE, write_atomically
 from tfbird.backbones import load_backbone
 from tfbird.records import MANIFEST
 from tfbird.records import read_manifest  # noqa: F401  (kept as ingest.read_manifest)
@@ -581,12 +580,10 @@ def load_json(path: Path) -> dict:
 
 
 def write_json_atomic(value: dict, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(temporary, path)
+    """``value`` as indented JSON (``str`` of what JSON lacks), via ``write_atomically``."""
+    write_atomically(path, json.dumps(value, indent=2, default=str))
 
 
 def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    """``table`` as CSV without its index, via ``write_atomically``."""
+    write_atomically(path, table.to_csv(index=False))
