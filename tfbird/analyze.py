@@ -54,10 +54,10 @@ from tfbird.artifacts import (
     read_thresholds,
     write_atomically,
 )
+from tfbird.catalog import AUDIO_SUFFIXES
 from tfbird.config import AnalyzeConfig
 from tfbird.waveform import AudioDecodeError, CountedBlocks, open_sound, stream_waveform
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 ERRORS_FILE = "errors.csv"
 LOCATION_FILE = "location_filter.csv"  # The labels the location filter kept, and why.
 COMBINED_CSV = "detections.csv"
@@ -85,7 +85,7 @@ def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     pairs = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            files = catalog.audio_files_under(item)
             if not files:
                 raise ValueError(f"No audio files ({', '.join(AUDIO_SUFFIXES)}) in the folder. "
                                  f"Received: input={str(item)!r}")

@@ -20,8 +20,6 @@ from tfbird.waveform import load_waveform
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = catalog.AUDIO_SUFFIXES
-
 
 def prepare_and_train(cfg: config.Config, data_given: bool = False,
                       run_dir: str | Path | None = None, reingest: bool = False,
@@ -78,7 +76,7 @@ def records_match(records_dir: Path, cfg: config.Config) -> bool:
 
 def audio_files(folder: str | Path) -> list[Path]:
     """Audio files under ``folder`` (recursive, sorted); raises if there are none."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = catalog.audio_files_under(Path(folder))
     if not files:
         raise ValueError(f"No audio files found. Received: folder={str(folder)!r}")
     return files
