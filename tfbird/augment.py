@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfbird.config import AugmentConfig
+from tfbird.config import AugmentConfig, FrontendConfig
 
-AMIN_POWER = 1e-10  # The front end's floor before the log: -100 dB.
+AMIN_POWER = FrontendConfig.amin  # The front end's default floor before the log: -100 dB.
 
 
 def augment_batch(logmel: tf.Tensor, labels: tf.Tensor, cfg: AugmentConfig,
