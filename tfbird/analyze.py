@@ -199,29 +199,15 @@ def class_thresholds(labels: tuple[str, ...], cfg: AnalyzeConfig) -> np.ndarray:
 # --- Streaming audio and windows ---------------------------------------------------------
 
 
-def window_starts(num_samples: int, window_samples: int, hop_samples: int) -> np.ndarray:
-    """Start samples of the windows over a recording (what ``stream_windows`` yields).
-
-    Windows start every ``hop_samples``; if the last full window ends before the recording
-    does, one more window ends exactly at the end. A recording shorter than one window has
-    one window at 0 (padded by the model's ``audio.pad_mode``).
-    """
-    if num_samples <= window_samples:
-        return np.zeros(1 if num_samples else 0, np.int64)
-    starts = np.arange(0, num_samples - window_samples + 1, hop_samples, dtype=np.int64)
-    if starts[-1] + window_samples < num_samples:
-        starts = np.append(starts, num_samples - window_samples)
-    return starts
-
-
 def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
                    pad_mode: str = "zeros") -> Iterator[tuple[int, np.ndarray]]:
     """Cuts a stream of waveform blocks into ``(start_sample, window)`` pairs.
 
-    Holds at most one window plus one block of audio. The windows are those of
-    ``window_starts(total samples, window_samples, hop_samples)``. A recording shorter than
-    one window is padded as the model's training windows were (``pad_mode``: ``"zeros"``, or
-    ``"repeat"`` to tile it, ``waveform.pad_to_length``).
+    Holds at most one window plus one block of audio. Windows start every
+    ``hop_samples``; if the last full window ends before the recording does, one more window
+    ends exactly at the end. A recording shorter than one window gives one window at 0,
+    padded as the model's training windows were (``pad_mode``: ``"zeros"``, or ``"repeat"``
+    to tile it, ``waveform.pad_to_length``).
     """
     if not 0 < hop_samples <= window_samples:
         raise ValueError(f"hop_samples must be in (0, window_samples]. "

@@ -47,7 +47,6 @@ LABELS = "labels"
 SECONDARY = "secondary_labels"
 FILENAME = "filename"
 START_S = "start_s"
-STORAGE_DTYPE = np.float16
 MANIFEST = "manifest.json"  # Written by ingest last: the folder's splits, shards and shapes.
 
 
