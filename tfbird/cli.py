@@ -249,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", type=int, help="version folder (default: next integer)")
     export.add_argument("--model-name", help="= export.model_name")
     export.add_argument("--check-audio", default=None,
-                        help="folder or file of recordings whose first 5-s windows are used to "
-                             "check that Keras, SavedModel and TFLite agree (default: the "
-                             "run's data set)")
+                        help="folder or file of recordings whose first windows (audio.window_s) "
+                             "are used to check that Keras, SavedModel and TFLite agree "
+                             "(default: the run's data set)")
     export.set_defaults(command=run_export)
 
     analyze = commands.add_parser(
@@ -617,7 +617,7 @@ def run_export(args) -> int:
     check_audio = args.check_audio or run_cfg.data.path
     waveforms = pipeline.check_windows(check_audio, run_cfg.audio, count=8)
     differences = exporter.compare_outputs(result, waveforms)
-    print(f"Agreement on {len(waveforms)} 5-s windows from {check_audio} "
+    print(f"Agreement on {len(waveforms)} {run_cfg.audio.window_s:g}-s windows from {check_audio} "
           f"(largest |p - p_keras|): " + ", ".join(f"{k} {v:.2e}" for k, v in differences.items()))
     if result.tflite_paths and args.eval_windows > 0:
         print_tflite_evaluation(result, run_cfg, args.eval_windows)

@@ -1,9 +1,9 @@
 """A trained run -> a SavedModel for TF Serving (waveform in, probabilities out) and TFLite.
 
 The exported model is ``LogMelSpectrogram`` (the same layer ingest used) -> the trained
-classifier -> sigmoid (softmax for ``model.task: multiclass``), so a client sends 5-s
-waveforms at the model's sample rate and never computes features itself. Layout, as TF
-Serving expects::
+classifier -> sigmoid (softmax for ``model.task: multiclass``), so a client sends waveform
+windows (``audio.window_s``) at the model's sample rate and never computes features itself.
+Layout, as TF Serving expects::
 
     exports/<model_name>/<version>/saved_model.pb
                                    variables/
