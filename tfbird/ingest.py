@@ -363,7 +363,8 @@ def random_window_index(num_windows: tf.Tensor, count: int, seed: tf.Tensor) -> 
     from ``seed``), in time order (graph code): ``data.window_selection: random``.
 
     Example:
-        >>> random_window_index(10, 3, [0, 7])
+        >>> random_window_index(10, 3, [0, 7]).numpy().tolist()
+        [1, 3, 9]
     """
     num_windows = tf.cast(num_windows, tf.int64)
     shuffled = tf.random.experimental.stateless_shuffle(tf.range(num_windows), seed=seed)

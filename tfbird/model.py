@@ -236,8 +236,10 @@ def framewise_model(classifier: keras.Model) -> keras.Model:
         probabilities ``[batch, frames, num_classes]``.
 
     Example:
-        >>> framewise_model(classifier)(logmel).shape
-        TensorShape([2, 501, 10])
+        >>> cfg = ModelConfig(head="sed", image_size=(128, 64), weights="none")
+        >>> classifier = build_classifier(cfg, num_classes=10, input_shape=(501, 128))
+        >>> tuple(framewise_model(classifier)(keras.ops.zeros((2, 501, 128))).shape)
+        (2, 501, 10)
     """
     if not has_sed_head(classifier):
         raise ValueError("framewise_model needs a classifier with the sed head (model.head: "
