@@ -463,6 +463,10 @@ def resolve_config_path(name: str) -> Path | None:
 
 
 def run_synth(args) -> int:
+    """``tfbird synth``: the synthetic corpus of the config's ``synth`` section into ``--out``.
+
+    Example: ``python -m tfbird synth --out data/demo``
+    """
     from tfbird import synth
 
     cfg = load_config(args)
@@ -487,6 +491,10 @@ def run_ingest(args) -> int:
 
 
 def run_eda(args) -> int:
+    """``tfbird eda``: a data set's report (PNG charts, ``summary.md``) into ``--out``.
+
+    Example: ``python -m tfbird eda --data data/demo --out eda/demo``
+    """
     from tfbird import eda
 
     cfg = load_config(args, layout_overrides(args))
@@ -518,6 +526,10 @@ def print_ingest_summary(manifest: dict, out_dir) -> None:
 
 
 def run_features(args) -> int:
+    """``tfbird features``: the log-mel ``[frames, mels]`` of one whole recording as ``.npy``.
+
+    Example: ``python -m tfbird features recording.flac --out recording.npy``
+    """
     import numpy as np
 
     from tfbird.frontend import build_frontend
@@ -532,6 +544,11 @@ def run_features(args) -> int:
 
 
 def run_train(args) -> int:
+    """``tfbird train``: ingest when the records are missing or stale, train, score the best
+    epoch; the flags are config overrides (``--epochs`` is ``--set train.epochs=N``, ...).
+
+    Example: ``python train.py --data my_birds --config small --strategy mirrored``
+    """
     from tfbird.catalog import default_records_dir
 
     records = args.records
@@ -561,6 +578,10 @@ def run_train(args) -> int:
 
 
 def run_cv(args) -> int:
+    """``tfbird cv``: train and score one run per held-out fold, beside a baseline.
+
+    Example: ``python -m tfbird cv --data esc10/esc10.csv --fold-column fold``
+    """
     from tfbird import cv
 
     overrides = layout_overrides(args) + set_strings((("train.strategy", args.strategy),))
@@ -574,6 +595,11 @@ def run_cv(args) -> int:
 
 
 def run_evaluate(args) -> int:
+    """``tfbird evaluate``: a run's metrics, per-class table, thresholds and plots on a split
+    (with ``--call-onsets``, also where the framewise peaks fall).
+
+    Example: ``python -m tfbird evaluate --run-dir runs/20250101-120000 --split valid``
+    """
     from tfbird import evaluation
 
     summary = evaluation.evaluate_run(args.run_dir, records_dir=args.records, split=args.split,
@@ -594,6 +620,11 @@ def run_evaluate(args) -> int:
 
 
 def run_export(args) -> int:
+    """``tfbird export``: a run as a SavedModel version folder (and TFLite variants), then
+    checks that Keras, SavedModel and TFLite agree on windows of ``--check-audio``.
+
+    Example: ``python export.py --run-dir runs/20250101-120000 --tflite``
+    """
     cfg = load_config(args)
     from tfbird import exporter, pipeline
 
@@ -640,6 +671,11 @@ def print_tflite_evaluation(result, run_cfg, eval_windows: int) -> None:
 
 
 def run_analyze(args) -> int:
+    """``tfbird analyze``: detection tables of recordings by an exported model or run
+    folder; exit status 1 when some inputs failed (listed in ``errors.csv``).
+
+    Example: ``python -m tfbird analyze recordings/ --model exports/tfbird/1 --format raven``
+    """
     from tfbird import analyze
     from tfbird.config import AnalyzeConfig
 
@@ -685,6 +721,10 @@ def run_search(args) -> int:
 
 
 def run_data_service(args) -> int:
+    """``tfbird data-service``: a tf.data service dispatcher or worker, serving until stopped.
+
+    Example: ``python -m tfbird data-service --dispatcher --port 5050``
+    """
     import socket
 
     from tfbird import data_service
@@ -704,6 +744,11 @@ def run_data_service(args) -> int:
 
 
 def run_bench(args) -> int:
+    """``tfbird bench WHAT``: one benchmark, its section written into ``--out``
+    (``BENCHMARKS.md``).
+
+    Example: ``python -m tfbird bench frontend --audio ../shared/audio --repeats 3``
+    """
     from tfbird import bench, pipeline
 
     if args.what == "analyze":
@@ -763,6 +808,11 @@ def run_bench(args) -> int:
 
 
 def run_bench_analyze(args) -> int:
+    """``tfbird bench analyze``: realtime factor per model form and worker count (saved to
+    ``--results``), or with ``--plots`` the scaling plots of saved results.
+
+    Example: ``python -m tfbird bench analyze --data recordings/ --model runs/r exports/tfbird/1``
+    """
     from tfbird import bench
 
     results = Path(args.results)
