@@ -122,7 +122,9 @@ def quiet_tensorflow() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfbird.config import ANALYZE_FORMATS
+    from tfbird.config import ANALYZE_FORMATS, AnalyzeConfig
+
+    analyze_defaults = AnalyzeConfig()  # analyze's flags default to None: these apply.
 
     parser = argparse.ArgumentParser(prog="tfbird", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,43 +264,44 @@ def build_parser() -> argparse.ArgumentParser:
                               "paths (one per line)")
     analyze.add_argument("--model", required=True,
                          help="run folder, SavedModel export folder or .tflite file")
-    analyze.add_argument("--out", default="analysis", help="output folder")
-    analyze.add_argument("--format", dest="formats", nargs="+", default=["csv"],
-                         choices=ANALYZE_FORMATS,
+    analyze.add_argument("--out", help=f"output folder (default: {analyze_defaults.out_dir})")
+    analyze.add_argument("--format", dest="formats", nargs="+", choices=ANALYZE_FORMATS,
                          help="outputs per recording: csv (tfbird's: file,start_s,end_s,label,"
                               "confidence), raven, birdnet_csv and kaleidoscope (BirdNET-"
                               "Analyzer's tables, column for column), parquet (needs pyarrow), "
-                              "audacity (label track), json (default: csv)")
+                              "audacity (label track), json (default: "
+                              + " ".join(analyze_defaults.formats) + ")")
     analyze.add_argument("--combine", action="store_true",
                          help="also write one table over all recordings per table format "
                               "(OUT/combined.selection.table.txt, ...); csv always has "
                               "OUT/detections.csv")
-    analyze.add_argument("--overlap", type=float, default=0.0, help="window overlap (s)")
-    analyze.add_argument("--min-conf", type=float, default=0.1,
+    analyze.add_argument("--overlap", type=float, help="window overlap (s)")
+    analyze.add_argument("--min-conf", type=float,
                          help="smallest probability (for classes missing from --thresholds)")
     analyze.add_argument("--thresholds", metavar="FILE",
                          help="per-class thresholds: label,threshold CSV such as evaluate's "
                               "thresholds.csv")
-    analyze.add_argument("--top-n", type=int, default=None, help="at most N labels per window")
+    analyze.add_argument("--top-n", type=int, help="at most N labels per window")
     analyze.add_argument("--merge-consecutive", action="store_true",
                          help="one row per call spanning consecutive windows")
     analyze.add_argument("--species-list", help="text file: only these labels")
     analyze.add_argument("--lat", type=float, help="with --lon: only species BirdNET's location "
                          "model expects there (labels matched by scientific name; others kept)")
     analyze.add_argument("--lon", type=float, help="longitude, degrees east")
-    analyze.add_argument("--week", type=int, default=-1,
+    analyze.add_argument("--week", type=int,
                          help="week of BirdNET's 48-week year (1-48), -1 all year (default)")
-    analyze.add_argument("--location-threshold", type=float, default=0.03,
-                         help="smallest occurrence score kept (default 0.03, BirdNET's)")
-    analyze.add_argument("--batch-size", type=int, default=16, help="windows per inference")
-    analyze.add_argument("--jobs", type=int, default=1, help="worker processes")
-    analyze.add_argument("--threads-per-job", type=int, default=0, metavar="N",
+    analyze.add_argument("--location-threshold", type=float,
+                         help=f"smallest occurrence score kept (default "
+                              f"{analyze_defaults.location_threshold}, BirdNET's)")
+    analyze.add_argument("--batch-size", type=int, help="windows per inference")
+    analyze.add_argument("--jobs", type=int, help="worker processes")
+    analyze.add_argument("--threads-per-job", type=int, metavar="N",
                          help="threads of each worker process (default: the cores shared "
                               "evenly among the workers)")
     analyze.add_argument("--dask-scheduler", metavar="ADDRESS",
                          help="send the files to this Dask scheduler, e.g. tcp://host:8786 "
                               "(pip install 'tfbird[dask]'; workers must see the same paths)")
-    analyze.add_argument("--dask-local", type=int, default=0, metavar="N",
+    analyze.add_argument("--dask-local", type=int, metavar="N",
                          help="send the files to a local Dask cluster of N worker processes")
     analyze.add_argument("--overwrite", action="store_true",
                          help="analyse again files whose outputs are up to date")
@@ -679,16 +682,19 @@ def run_analyze(args) -> int:
     from tfbird import analyze
     from tfbird.config import AnalyzeConfig
 
-    cfg = AnalyzeConfig(
+    given = dict(
         overlap_s=args.overlap, min_conf=args.min_conf, thresholds=args.thresholds,
         top_n=args.top_n,
         merge_consecutive=args.merge_consecutive, species_list=args.species_list,
-        formats=tuple(dict.fromkeys(args.formats)), batch_size=args.batch_size,
-        jobs=args.jobs, threads_per_job=args.threads_per_job,
+        formats=tuple(dict.fromkeys(args.formats)) if args.formats else None,
+        batch_size=args.batch_size, jobs=args.jobs, threads_per_job=args.threads_per_job,
         dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
         out_dir=args.out, overwrite=args.overwrite, combine=args.combine,
         latitude=args.lat, longitude=args.lon, week=args.week,
-        location_threshold=args.location_threshold).validate()
+        location_threshold=args.location_threshold)
+    # A flag not given is None and leaves AnalyzeConfig's default, the only one written.
+    cfg = AnalyzeConfig(**{key: value for key, value in given.items()
+                           if value is not None}).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))
     return EXIT_SOME_FAILED if summary.failed else 0
