@@ -62,6 +62,7 @@ from tfbird.artifacts import (
     write_environment,
     write_metrics,
 )
+from tfbird.distribute import make_strategy, worker_index
 from tfbird.model import (
     build_classifier,
     build_embedding_head,
@@ -69,7 +70,6 @@ from tfbird.model import (
     sed_time_steps,
     set_backbone_trainable,
 )
-from tfbird.distribute import make_strategy, worker_index
 from tfbird.records import read_manifest
 
 log = logging.getLogger(__name__)
