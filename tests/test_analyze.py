@@ -12,7 +12,7 @@ import pytest
 import soundfile
 from conftest import requires_shared_audio, shared_recordings
 
-from tfbird import analyze, cli, detections, exporter
+from tfbird import analyze, artifacts, cli, detections, exporter
 from tfbird.config import AnalyzeConfig
 from tfbird.waveform import AudioDecodeError, load_waveform, stream_waveform
 
@@ -45,6 +45,22 @@ def test_streamed_decode_reports_bad_files(tmp_path):
             list(stream_waveform(tmp_path / name, 32000))
 
 
+def window_starts(num_samples: int, window_samples: int, hop_samples: int) -> np.ndarray:
+    """Start samples of the windows over a recording: the rule ``analyze.stream_windows``
+    follows, written out as the reference of these tests.
+
+    Windows start every ``hop_samples``; if the last full window ends before the recording
+    does, one more window ends exactly at the end. A recording shorter than one window has
+    one window at 0 (padded by the model's ``audio.pad_mode``).
+    """
+    if num_samples <= window_samples:
+        return np.zeros(1 if num_samples else 0, np.int64)
+    starts = np.arange(0, num_samples - window_samples + 1, hop_samples, dtype=np.int64)
+    if starts[-1] + window_samples < num_samples:
+        starts = np.append(starts, num_samples - window_samples)
+    return starts
+
+
 @pytest.mark.parametrize("num_samples", [3, 10, 23, 25, 40, 41])
 def test_stream_windows_match_window_starts_for_any_blocks(num_samples):
     rng = np.random.default_rng(num_samples)
@@ -53,7 +69,7 @@ def test_stream_windows_match_window_starts_for_any_blocks(num_samples):
                               replace=False))
     windows = list(analyze.stream_windows(np.split(signal, cuts), window_samples=10,
                                           hop_samples=6))
-    starts = analyze.window_starts(num_samples, 10, 6)
+    starts = window_starts(num_samples, 10, 6)
     assert [s for s, _ in windows] == starts.tolist()
     for start, window in windows:
         real = signal[start:start + 10]
@@ -79,10 +95,10 @@ def test_a_clip_shorter_than_the_window_is_padded_as_ingest_pads_it(pad_mode):
 
 
 def test_window_starts_with_overlap():
-    assert analyze.window_starts(32, 10, 5).tolist() == [0, 5, 10, 15, 20, 22]
-    assert analyze.window_starts(30, 10, 10).tolist() == [0, 10, 20]
-    assert analyze.window_starts(4, 10, 5).tolist() == [0]
-    assert analyze.window_starts(0, 10, 5).tolist() == []
+    assert window_starts(32, 10, 5).tolist() == [0, 5, 10, 15, 20, 22]
+    assert window_starts(30, 10, 10).tolist() == [0, 10, 20]
+    assert window_starts(4, 10, 5).tolist() == [0]
+    assert window_starts(0, 10, 5).tolist() == []
     with pytest.raises(ValueError, match="Received: hop_samples=11"):
         list(analyze.stream_windows([np.zeros(30)], 10, 11))
 
@@ -101,7 +117,7 @@ def test_overlap_and_merge_on_a_recording_with_known_calls():
     calls = {"sp00": [(12.0, 18.0), (40.0, 41.0)], "sp01": [(30.0, 31.0)]}
     cfg = AnalyzeConfig(overlap_s=2.5, min_conf=0.5, merge_consecutive=True)
     hop = info.window_samples - analyze.overlap_samples(cfg.overlap_s, info)
-    start_s = analyze.window_starts(60 * 100, info.window_samples, hop) / 100
+    start_s = window_starts(60 * 100, info.window_samples, hop) / 100
     end_s = start_s + info.window_s
     scores = np.array([[0.9 if any(a < e and s < b for a, b in calls[label]) else 0.05
                         for label in info.labels] for s, e in zip(start_s, end_s)])
@@ -118,7 +134,7 @@ def test_overlap_and_merge_on_a_recording_with_known_calls():
     unmerged = analyze.detect(analyze.RecordingScores(scores, start_s, 60.0), info,
                               AnalyzeConfig(overlap_s=2.5, min_conf=0.5), "rec.wav")
     assert len(unmerged) == 5 + 2 + 2  # windows overlapping each call
-    back_to_back = analyze.window_starts(60 * 100, info.window_samples, info.window_samples)
+    back_to_back = window_starts(60 * 100, info.window_samples, info.window_samples)
     assert len(back_to_back) == 12
 
 
@@ -129,7 +145,7 @@ def test_sed_detections_take_begin_and_end_from_the_framewise_scores():
     info = fake_info()
     calls = {"sp00": [(3.0, 4.0), (11.2, 13.6)], "sp01": [(16.0, 16.5)]}
     cfg = AnalyzeConfig(overlap_s=2.5, min_conf=0.5, merge_consecutive=True)
-    start_s = analyze.window_starts(20 * 100, info.window_samples, 250) / 100
+    start_s = window_starts(20 * 100, info.window_samples, 250) / 100
     frame_times = np.linspace(0.0, info.window_s, 51)  # frame t centred at t * 0.1 s
     framewise = np.full([len(start_s), 51, 2], 0.05)
     for k, label in enumerate(info.labels):
@@ -315,7 +331,7 @@ def test_analysis_outputs_agree_with_the_saved_model(saved_model_dir, tmp_path):
                         out_dir=str(tmp_path / "out"))
     analyze.analyze([tmp_path / "noise.wav"], saved_model_dir, cfg, progress=False)
     rows = pd.read_csv(tmp_path / "out" / "noise.wav.csv")
-    starts = analyze.window_starts(len(waveform), 160000, 128000)
+    starts = window_starts(len(waveform), 160000, 128000)
     assert starts.tolist() == [0, 128000, 224000]
     windows = np.stack([waveform[s:s + 160000] for s in starts]).astype(np.float32)
     expected = exporter.run_saved_model(saved_model_dir, windows)
@@ -376,7 +392,7 @@ def test_two_minute_real_recording_gives_outputs_covering_the_file(saved_model_d
     duration_s = float(SOUNDSCAPE["duration_s"])
     assert summary.analysed == 1 and summary.audio_s == pytest.approx(duration_s, abs=0.01)
     csv, raven, audacity = read_outputs(tmp_path / "out", "soundscape.flac")
-    num_windows = len(analyze.window_starts(int(duration_s * 32000), 160000, 80000))
+    num_windows = len(window_starts(int(duration_s * 32000), 160000, 80000))
     assert num_windows == 47
     assert len(csv) == len(raven) == len(audacity) == num_windows
     assert list(csv.columns) == detections.COLUMNS
@@ -471,8 +487,8 @@ def test_model_info_reads_the_padding_rule_of_the_export(tmp_path):
     cfg = config_lib.Config(audio=config_lib.AudioConfig(pad_mode="repeat"))
     assets = tmp_path / "assets"
     assets.mkdir()
-    (assets / analyze.LABELS_ASSET).write_text("sp00\nsp01\n")
-    (assets / analyze.CONTRACT_ASSET).write_text(
-        json.dumps({**exporter.model_contract(cfg, ["sp00", "sp01"]), "window_samples": 160000}))
+    (assets / artifacts.LABELS_ASSET).write_text("sp00\nsp01\n")
+    (assets / artifacts.CONTRACT_ASSET).write_text(
+        json.dumps({**artifacts.model_contract(cfg, ["sp00", "sp01"]), "window_samples": 160000}))
     info = analyze.info_from_assets(tmp_path, "saved_model", assets)
     assert (info.pad_mode, info.window_samples) == ("repeat", 160000)

@@ -403,7 +403,7 @@ def test_analyze_workers_end_when_analyze_is_killed(tmp_path):
 
 
 def test_two_processes_writing_one_output_never_share_a_temporary_file(tmp_path, monkeypatch):
-    from tfbird import detections
+    from tfbird import artifacts
 
     path = tmp_path / "rec.csv"
     seen = []
@@ -414,18 +414,18 @@ def test_two_processes_writing_one_output_never_share_a_temporary_file(tmp_path,
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", recording_replace)
-    detections.write_atomically(path, "a\n")
+    artifacts.write_atomically(path, "a\n")
     monkeypatch.setattr(os, "getpid", lambda: 12345)
-    detections.write_atomically(path, "b\n")
+    artifacts.write_atomically(path, "b\n")
     assert seen[1] == "rec.csv.12345.tmp" and seen[0] != seen[1]
     assert path.read_text() == "b\n" and not list(tmp_path.glob("*.tmp"))
 
 
 def test_errors_csv_on_a_full_disk_is_never_left_half_written(tmp_path, monkeypatch):
-    from tfbird import detections
+    from tfbird import artifacts
 
     path = tmp_path / "errors.csv"
-    detections.write_atomically(path, "file,reason\nold.wav,unreadable\n")
+    artifacts.write_atomically(path, "file,reason\nold.wav,unreadable\n")
     real_write_text = Path.write_text
 
     def full_disk(self, text, *args, **kwargs):
@@ -434,7 +434,7 @@ def test_errors_csv_on_a_full_disk_is_never_left_half_written(tmp_path, monkeypa
 
     monkeypatch.setattr(Path, "write_text", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        detections.write_atomically(path, "file,reason\nnew.wav,unreadable\n")
+        artifacts.write_atomically(path, "file,reason\nnew.wav,unreadable\n")
     assert path.read_text() == "file,reason\nold.wav,unreadable\n"
     assert not list(tmp_path.glob("*.tmp"))  # The cut temporary file is removed.
 

@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbird import cli, config, dataset, ingest, training
+from tfbird import cli, config, dataset, distribute, ingest, training
 
 # One worker of the fast test: 2 steps of a small dense model (no batch norm) on a fixed
 # global batch of 8, each worker feeding its half; writes what it saw as JSON.
 WORKER_SCRIPT = textwrap.dedent("""
     import json, sys
     import keras, numpy as np, tensorflow as tf
-    from tfbird import config, training
+    from tfbird import config, distribute, training
 
     train_cfg = config.TrainConfig(strategy="multiworker", warmup_epochs=0.0,
                                    learning_rate=0.1)
-    strategy = training.make_strategy(train_cfg)
+    strategy = distribute.make_strategy(train_cfg)
     x, y = np.load(sys.argv[1])["x"], np.load(sys.argv[1])["y"]
 
     def dataset_fn(context):
@@ -49,7 +49,7 @@ WORKER_SCRIPT = textwrap.dedent("""
         json.dump({"loss": history.history["loss"][0],
                    "replicas": strategy.num_replicas_in_sync,
                    "chief": bool(strategy.extended.should_checkpoint),
-                   "index": training.worker_index(strategy),
+                   "index": distribute.worker_index(strategy),
                    "weights": [w.numpy().tolist() for w in model.weights]}, stream)
 """)
 
@@ -128,20 +128,20 @@ def test_multiworker_without_a_valid_tf_config_names_it(monkeypatch, value, mess
     else:
         monkeypatch.setenv("TF_CONFIG", value)
     with pytest.raises(ValueError, match=message) as error:
-        training.make_strategy(config.TrainConfig(strategy="multiworker"))
+        distribute.make_strategy(config.TrainConfig(strategy="multiworker"))
     assert "TF_CONFIG" in str(error.value)
 
 
 def test_a_tf_config_naming_this_worker_is_accepted(monkeypatch):
     value = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(value))
-    assert training.read_tf_config() == value
-    assert training.worker_index(tf.distribute.get_strategy()) == 0
+    assert distribute.read_tf_config() == value
+    assert distribute.worker_index(tf.distribute.get_strategy()) == 0
 
 
 def test_tpu_strategy_without_a_tpu_is_a_clear_error(tiny_config_file, capsys):
     with pytest.raises(ValueError, match="found no TPU at 'local'.*Received: tpu='local'"):
-        training.make_strategy(config.TrainConfig(strategy="tpu"))
+        distribute.make_strategy(config.TrainConfig(strategy="tpu"))
     assert cli.main(["train", "--config", str(tiny_config_file), "--strategy", "tpu",
                      "--set", "train.tpu=local"]) == 2
     assert "train.strategy tpu found no TPU" in capsys.readouterr().err

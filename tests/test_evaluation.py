@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfbird import cli, evaluation, ingest, training
+from tfbird import artifacts, cli, evaluation, ingest, training
 
 LABELS = ["a", "b", "c", "d", "e", "f"]
 
@@ -43,7 +43,7 @@ def test_report_on_known_scores(tmp_path):
     np.testing.assert_allclose(table.loc[1:4, "best_f1"], 0.8)
     assert np.isnan(table.loc[5, "ap"]) and table.loc[5, "threshold"] == 0.5
 
-    thresholds = evaluation.read_thresholds(tmp_path / evaluation.THRESHOLDS_FILE)
+    thresholds = artifacts.read_thresholds(tmp_path / evaluation.THRESHOLDS_FILE)
     assert list(thresholds) == LABELS
     assert thresholds == pytest.approx(dict(zip(LABELS, table["threshold"])))
     written = json.loads((tmp_path / evaluation.METRICS_FILE).read_text())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbird import cli, config, dataset, ingest, metrics, training
+from tfbird import cli, config, dataset, distribute, ingest, metrics, training
 from tfbird.model import build_classifier
 
 
@@ -44,7 +44,7 @@ def test_metrics_json_holds_the_validation_scores(trained_run, tiny_records, tin
 
 
 def test_mirrored_strategy_on_cpu_has_two_replicas():
-    strategy = training.make_strategy(config.TrainConfig(strategy="mirrored", cpu_replicas=2))
+    strategy = distribute.make_strategy(config.TrainConfig(strategy="mirrored", cpu_replicas=2))
     assert strategy.num_replicas_in_sync == 2
 
 
@@ -176,18 +176,6 @@ def test_a_backup_made_with_another_config_is_not_resumed(tiny_cfg, tmp_path):
                                 "train": {**config.to_dict(tiny_cfg)["train"], "epochs": 9}})
     with pytest.raises(ValueError, match=r"changed=\['train.epochs'\]"):
         training.check_resumable(tmp_path, changed)
-
-
-def test_environment_json_names_the_commit_and_package_versions(tmp_path):
-    environment = training.write_environment(tmp_path / training.ENVIRONMENT_FILE)
-    assert json.loads((tmp_path / training.ENVIRONMENT_FILE).read_text()) == environment
-    assert environment["packages"]["tensorflow"] == tf.__version__
-    assert environment["packages"]["keras"] == keras.__version__
-    assert environment["packages"]["numpy"] == np.__version__
-    assert set(environment["packages"]) == set(training.ENVIRONMENT_PACKAGES)
-    commit = environment["git_commit"]
-    assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)
-    assert training.git_commit(tmp_path) is None  # not a repository
 
 
 def test_deterministic_enables_op_determinism(monkeypatch):

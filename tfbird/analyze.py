@@ -39,20 +39,29 @@ from tqdm import tqdm
 from tfbird import catalog
 from tfbird import detections as detections_lib
 from tfbird import labels as labels_lib
+from tfbird.artifacts import (
+    ASSETS_DIR,
+    CONFIG_FILE,
+    CONTRACT_ASSET,
+    EMBEDDING_NAME,
+    FRAMEWISE_NAME,
+    LABELS_ASSET,
+    LABELS_FILE,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    SAVED_MODEL_FILE,
+    SIGNATURE,
+    SPECIES_ASSET,
+    read_thresholds,
+    write_atomically,
+)
+from tfbird.catalog import AUDIO_SUFFIXES
 from tfbird.config import AnalyzeConfig
 from tfbird.waveform import AudioDecodeError, CountedBlocks, open_sound, stream_waveform
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
-PROBABILITIES = "probabilities"  # The serving_default outputs (exporter.OUTPUT_NAME, ...).
-FRAMEWISE = "framewise"
-EMBEDDING = "embedding"  # The input of a head on a pretrained backbone (exporter.EMBEDDING_NAME).
 ERRORS_FILE = "errors.csv"
 LOCATION_FILE = "location_filter.csv"  # The labels the location filter kept, and why.
 COMBINED_CSV = "detections.csv"
-ASSETS = "assets"
-LABELS_ASSET = "labels.txt"
-CONTRACT_ASSET = "model_config.json"
-SPECIES_ASSET = "species.csv"  # label,scientific_name,common_name (exporter.write_species)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +86,7 @@ def collect_recordings(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     pairs = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            files = catalog.audio_files_under(item)
             if not files:
                 raise ValueError(f"No audio files ({', '.join(AUDIO_SUFFIXES)}) in the folder. "
                                  f"Received: input={str(item)!r}")
@@ -172,8 +181,6 @@ def class_thresholds(labels: tuple[str, ...], cfg: AnalyzeConfig) -> np.ndarray:
     thresholds = np.full(len(labels), cfg.min_conf, np.float32)
     if cfg.thresholds is None:
         return thresholds
-    from tfbird.evaluation import read_thresholds
-
     path = Path(cfg.thresholds)
     if not path.is_file():
         raise ValueError(f"Thresholds file not found. Received: thresholds={str(path)!r}")
@@ -193,29 +200,15 @@ def class_thresholds(labels: tuple[str, ...], cfg: AnalyzeConfig) -> np.ndarray:
 # --- Streaming audio and windows ---------------------------------------------------------
 
 
-def window_starts(num_samples: int, window_samples: int, hop_samples: int) -> np.ndarray:
-    """Start samples of the windows over a recording (what ``stream_windows`` yields).
-
-    Windows start every ``hop_samples``; if the last full window ends before the recording
-    does, one more window ends exactly at the end. A recording shorter than one window has
-    one window at 0 (padded by the model's ``audio.pad_mode``).
-    """
-    if num_samples <= window_samples:
-        return np.zeros(1 if num_samples else 0, np.int64)
-    starts = np.arange(0, num_samples - window_samples + 1, hop_samples, dtype=np.int64)
-    if starts[-1] + window_samples < num_samples:
-        starts = np.append(starts, num_samples - window_samples)
-    return starts
-
-
 def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
                    pad_mode: str = "zeros") -> Iterator[tuple[int, np.ndarray]]:
     """Cuts a stream of waveform blocks into ``(start_sample, window)`` pairs.
 
-    Holds at most one window plus one block of audio. The windows are those of
-    ``window_starts(total samples, window_samples, hop_samples)``. A recording shorter than
-    one window is padded as the model's training windows were (``pad_mode``: ``"zeros"``, or
-    ``"repeat"`` to tile it, ``waveform.pad_to_length``).
+    Holds at most one window plus one block of audio. Windows start every
+    ``hop_samples``; if the last full window ends before the recording does, one more window
+    ends exactly at the end. A recording shorter than one window gives one window at 0,
+    padded as the model's training windows were (``pad_mode``: ``"zeros"``, or ``"repeat"``
+    to tile it, ``waveform.pad_to_length``).
     """
     if not 0 < hop_samples <= window_samples:
         raise ValueError(f"hop_samples must be in (0, window_samples]. "
@@ -318,13 +311,12 @@ def read_model_info(path: str | Path) -> ModelInfo:
         ValueError: a path that is none of the three, or one without its labels.
     """
     from tfbird import config
-    from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE
 
     path = Path(path)
     if path.is_file() and path.suffix == ".tflite":
-        kind, contract_dir, model_file = "tflite", path.parent / ASSETS, path
-    elif (path / "saved_model.pb").is_file():
-        kind, contract_dir, model_file = "saved_model", path / ASSETS, path / "saved_model.pb"
+        kind, contract_dir, model_file = "tflite", path.parent / ASSETS_DIR, path
+    elif (path / SAVED_MODEL_FILE).is_file():
+        kind, contract_dir, model_file = "saved_model", path / ASSETS_DIR, path / SAVED_MODEL_FILE
     elif (path / MODEL_FILE).is_file():
         cfg = config.load(path / CONFIG_FILE)
         labels = tuple(labels_lib.read_labels(path / LABELS_FILE))
@@ -353,7 +345,7 @@ def info_from_assets(path: Path, kind: str, assets_dir: Path, modified_time: flo
     contract = json.loads(contract_path.read_text())
     frontend = contract["frontend"]
     backbone = contract.get("backbone")
-    if backbone is not None and (kind == "tflite" or contract.get("input") == EMBEDDING):
+    if backbone is not None and (kind == "tflite" or contract.get("input") == EMBEDDING_NAME):
         # The form holds only the head: its backbone's file, relative to the version folder.
         backbone = (backbone["name"], str(assets_dir.parent / backbone["file"]))
     else:  # No backbone, or a SavedModel that holds it (Perch).
@@ -415,18 +407,17 @@ def load_model_predictor(info: ModelInfo, num_threads: int | None = None
 
         interpreter = Interpreter(model_path=str(info.path),
                                   num_threads=num_threads or os.cpu_count())
-        runner = interpreter.get_signature_runner("serving_default")
+        runner = interpreter.get_signature_runner(SIGNATURE)
         (input_name,) = runner.get_input_details()
-        return lambda inputs: {PROBABILITIES: next(iter(runner(**{input_name: inputs}).values()))}
+        return lambda inputs: {OUTPUT_NAME: next(iter(runner(**{input_name: inputs}).values()))}
     if info.kind == "saved_model":
         import tensorflow as tf
 
-        signature = tf.saved_model.load(str(info.path)).signatures["serving_default"]
+        signature = tf.saved_model.load(str(info.path)).signatures[SIGNATURE]
         (input_name,) = signature.structured_input_signature[1]
         return lambda inputs: {name: value.numpy() for name, value in
                                signature(**{input_name: tf.constant(inputs)}).items()}
     from tfbird import config, exporter
-    from tfbird.training import CONFIG_FILE, MODEL_FILE
 
     cfg = config.load(info.path / CONFIG_FILE)
     if info.backbone is not None:
@@ -434,14 +425,14 @@ def load_model_predictor(info: ModelInfo, num_threads: int | None = None
 
         head = exporter.build_head_serving_model(
             cfg, keras.models.load_model(info.path / MODEL_FILE, compile=False))
-        return lambda embeddings: {PROBABILITIES: np.asarray(head.predict_on_batch(embeddings))}
+        return lambda embeddings: {OUTPUT_NAME: np.asarray(head.predict_on_batch(embeddings))}
     classifier = exporter.load_classifier(info.path / MODEL_FILE)
     model = exporter.build_serving_model(cfg, classifier)
     framewise = exporter.build_framewise_serving_model(cfg, classifier)
     if framewise is None:
-        return lambda waveforms: {PROBABILITIES: np.asarray(model.predict_on_batch(waveforms))}
-    return lambda waveforms: {PROBABILITIES: np.asarray(model.predict_on_batch(waveforms)),
-                              FRAMEWISE: np.asarray(framewise.predict_on_batch(waveforms))}
+        return lambda waveforms: {OUTPUT_NAME: np.asarray(model.predict_on_batch(waveforms))}
+    return lambda waveforms: {OUTPUT_NAME: np.asarray(model.predict_on_batch(waveforms)),
+                              FRAMEWISE_NAME: np.asarray(framewise.predict_on_batch(waveforms))}
 
 
 # --- One recording -----------------------------------------------------------------------
@@ -485,11 +476,11 @@ def score_recording(path: str | Path, predict: Callable[[np.ndarray], dict[str, 
                                                       info.pad_mode),
                                        cfg.batch_size):
         outputs = predict(batch)
-        scores.append(np.asarray(outputs[PROBABILITIES], np.float32))
+        scores.append(np.asarray(outputs[OUTPUT_NAME], np.float32))
         starts.append(batch_starts)
-        if FRAMEWISE in outputs:
+        if FRAMEWISE_NAME in outputs:
             spans.append(detections_lib.framewise_spans(
-                outputs[FRAMEWISE], class_thresholds(info.labels, cfg), info.window_s))
+                outputs[FRAMEWISE_NAME], class_thresholds(info.labels, cfg), info.window_s))
     return RecordingScores(np.concatenate(scores), np.concatenate(starts) / info.sample_rate_hz,
                            blocks.num_samples / info.sample_rate_hz,
                            np.concatenate(spans) if spans else None)
@@ -628,7 +619,7 @@ def analyze(inputs: Iterable[str | Path], model_path: str | Path, cfg: AnalyzeCo
     failures = pd.DataFrame([{"file": r.file, "reason": r.error} for r in results if r.error],
                             columns=["file", "reason"])
     errors_path = out_dir / ERRORS_FILE
-    detections_lib.write_atomically(errors_path, failures.to_csv(index=False))
+    write_atomically(errors_path, failures.to_csv(index=False))
     combined = None
     if "csv" in cfg.formats:
         combined = out_dir / COMBINED_CSV
@@ -762,7 +753,7 @@ def combine_csvs(paths: list[Path], out_path: Path) -> None:
     """Concatenates the per-recording CSVs that exist into one table."""
     tables = [pd.read_csv(p) for p in paths if p.is_file()]
     table = pd.concat(tables, ignore_index=True) if tables else detections_lib.empty_detections()
-    detections_lib.write_atomically(out_path, table.to_csv(index=False, float_format="%.4f"))
+    write_atomically(out_path, table.to_csv(index=False, float_format="%.4f"))
 
 
 def combine_tables(recordings: list[tuple[Path, Path]], formats: tuple[str, ...],
@@ -792,7 +783,7 @@ def combine_tables(recordings: list[tuple[Path, Path]], formats: tuple[str, ...]
         if name == "raven":
             combined["Selection"] = np.arange(1, len(combined) + 1)
         out_path = out_dir / f"combined{detections_lib.OUTPUT_SUFFIXES[name]}"
-        detections_lib.write_atomically(out_path, detections_lib.table_bytes(name, combined))
+        write_atomically(out_path, detections_lib.table_bytes(name, combined))
         written.append(out_path)
     return written
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfbird.config import AugmentConfig
+from tfbird.config import AugmentConfig, FrontendConfig
 
-AMIN_POWER = 1e-10  # The front end's floor before the log: -100 dB.
+AMIN_POWER = FrontendConfig.amin  # The front end's default floor before the log: -100 dB.
 
 
 def augment_batch(logmel: tf.Tensor, labels: tf.Tensor, cfg: AugmentConfig,
@@ -46,7 +46,8 @@ def augment_batch(logmel: tf.Tensor, labels: tf.Tensor, cfg: AugmentConfig,
     ``augment.background_dir``); without it no background is mixed in.
     """
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    # Later additions fold their own seeds in, so the draws of the first three are unchanged.
+    # Further draws fold their own seeds in instead of widening the split, so the split's
+    # three seeds (and what they draw) do not depend on how many draws follow.
     shift_seed, background_seed, noise_seed = (
         tf.random.experimental.stateless_fold_in(seed, k) for k in (3, 4, 5))
     if cfg.time_roll:

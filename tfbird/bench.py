@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfbird import catalog, config, dataset, ingest, training
+from tfbird import catalog, config, dataset, records, training
 from tfbird import model as model_lib
 from tfbird.frontend import build_frontend
 from tfbird.waveform import load_waveform
@@ -368,17 +368,16 @@ SCALING_PLOTS = {"analyze_wall_clock.png": ("seconds", "Wall-clock (s)"),
 def analysis_models(paths: list[str | Path]) -> list[tuple[str, Path]]:
     """``(name, path)`` of each model form found: ``keras`` (a run folder), ``saved_model``
     (an export version folder) and ``tflite_<variant>`` (each TFLite file in that folder)."""
-    from tfbird import exporter
-    from tfbird.training import MODEL_FILE
+    from tfbird.artifacts import MODEL_FILE, SAVED_MODEL_FILE, TFLITE_FILES
 
     models = []
     for path in map(Path, paths):
         if (path / MODEL_FILE).is_file():
             models.append(("keras", path))
-        elif (path / "saved_model.pb").is_file():
+        elif (path / SAVED_MODEL_FILE).is_file():
             models.append(("saved_model", path))
             models += [(f"tflite_{variant}", path / name)
-                       for variant, name in exporter.TFLITE_FILES.items()
+                       for variant, name in TFLITE_FILES.items()
                        if (path / name).is_file()]
         elif path.suffix == ".tflite" and path.is_file():
             models.append((f"tflite_{path.stem}", path))
@@ -552,7 +551,7 @@ def bench_reader(records_dir: Path, cfg: config.Config, batches: int = 40,
     Each repeat opens a fresh pipeline, lets its shuffle buffer fill (5 batches), then times
     ``batches`` batches.
     """
-    manifest = ingest.read_manifest(records_dir)
+    manifest = records.read_manifest(records_dir)
     batch_size = cfg.train.global_batch_size
     rates = {}
     for name, augment in (("reader, no augmentation", None), ("reader + augmentation", cfg.augment)):
@@ -589,7 +588,7 @@ def bench_training_steps(records_dir: Path, cfg: config.Config, steps: int = 5,
                          variants: dict = TRAINING_VARIANTS) -> dict:
     """Training examples/s of each variant: median train step on one fixed batch of real
     log-mels (input excluded), after two warm-up steps (which include XLA compilation)."""
-    manifest = ingest.read_manifest(records_dir)
+    manifest = records.read_manifest(records_dir)
     logmel, targets = next(iter(dataset.make_dataset(
         records_dir, manifest, "train", cfg.train.global_batch_size, training=True,
         seed=cfg.train.seed, task=cfg.model.task)))
@@ -619,7 +618,7 @@ def input_wait_share(records_dir: Path, cfg: config.Config, steps: int = 8) -> f
     """
     from xprof.convert import raw_to_tool_data  # tensorboard-plugin-profile (dev extra)
 
-    manifest = ingest.read_manifest(records_dir)
+    manifest = records.read_manifest(records_dir)
     batches = dataset.make_dataset(
         records_dir, manifest, "train", cfg.train.global_batch_size, training=True,
         seed=cfg.train.seed, augment=cfg.augment, task=cfg.model.task)
@@ -665,7 +664,7 @@ def format_training_section(result: dict, command: str) -> str:
 
 def bench_training(records_dir: Path, cfg: config.Config, repeats: int = 3) -> dict:
     """``bench_reader``, ``bench_training_steps`` and ``input_wait_share`` together."""
-    manifest = ingest.read_manifest(records_dir)
+    manifest = records.read_manifest(records_dir)
     return {"reader": bench_reader(records_dir, cfg, repeats=repeats),
             "steps": bench_training_steps(records_dir, cfg),
             "input_wait_share": input_wait_share(records_dir, cfg),

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from tfbird import labels as labels_lib
-from tfbird.config import DATA_LAYOUTS
+from tfbird.config import DATA_LAYOUTS, IGNORED_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ CORNELL_METADATA = ("rating", "duration", "pitch", "sampling_rate", "latitude", 
 CATALOG_COLUMNS = ["path", "filename", "primary_label", "secondary_labels", "boxes", "error"]
 PATH_OUTSIDE_ROOT = "path outside the data root"
 LABEL_UNKNOWN = "label unknown"
-IGNORED_LABELS = ("?", "", "unknown")  # data.ignore_labels' default
 FILE_MISSING = "file missing"
 
 

@@ -122,7 +122,9 @@ def quiet_tensorflow() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfbird.config import ANALYZE_FORMATS
+    from tfbird.config import ANALYZE_FORMATS, AnalyzeConfig
+
+    analyze_defaults = AnalyzeConfig()  # analyze's flags default to None: these apply.
 
     parser = argparse.ArgumentParser(prog="tfbird", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,9 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", type=int, help="version folder (default: next integer)")
     export.add_argument("--model-name", help="= export.model_name")
     export.add_argument("--check-audio", default=None,
-                        help="folder or file of recordings whose first 5-s windows are used to "
-                             "check that Keras, SavedModel and TFLite agree (default: the "
-                             "run's data set)")
+                        help="folder or file of recordings whose first windows (audio.window_s) "
+                             "are used to check that Keras, SavedModel and TFLite agree "
+                             "(default: the run's data set)")
     export.set_defaults(command=run_export)
 
     analyze = commands.add_parser(
@@ -268,43 +270,44 @@ def build_parser() -> argparse.ArgumentParser:
                               "paths (one per line)")
     analyze.add_argument("--model", required=True,
                          help="run folder, SavedModel export folder or .tflite file")
-    analyze.add_argument("--out", default="analysis", help="output folder")
-    analyze.add_argument("--format", dest="formats", nargs="+", default=["csv"],
-                         choices=ANALYZE_FORMATS,
+    analyze.add_argument("--out", help=f"output folder (default: {analyze_defaults.out_dir})")
+    analyze.add_argument("--format", dest="formats", nargs="+", choices=ANALYZE_FORMATS,
                          help="outputs per recording: csv (tfbird's: file,start_s,end_s,label,"
                               "confidence), raven, birdnet_csv and kaleidoscope (BirdNET-"
                               "Analyzer's tables, column for column), parquet (needs pyarrow), "
-                              "audacity (label track), json (default: csv)")
+                              "audacity (label track), json (default: "
+                              + " ".join(analyze_defaults.formats) + ")")
     analyze.add_argument("--combine", action="store_true",
                          help="also write one table over all recordings per table format "
                               "(OUT/combined.selection.table.txt, ...); csv always has "
                               "OUT/detections.csv")
-    analyze.add_argument("--overlap", type=float, default=0.0, help="window overlap (s)")
-    analyze.add_argument("--min-conf", type=float, default=0.1,
+    analyze.add_argument("--overlap", type=float, help="window overlap (s)")
+    analyze.add_argument("--min-conf", type=float,
                          help="smallest probability (for classes missing from --thresholds)")
     analyze.add_argument("--thresholds", metavar="FILE",
                          help="per-class thresholds: label,threshold CSV such as evaluate's "
                               "thresholds.csv")
-    analyze.add_argument("--top-n", type=int, default=None, help="at most N labels per window")
+    analyze.add_argument("--top-n", type=int, help="at most N labels per window")
     analyze.add_argument("--merge-consecutive", action="store_true",
                          help="one row per call spanning consecutive windows")
     analyze.add_argument("--species-list", help="text file: only these labels")
     analyze.add_argument("--lat", type=float, help="with --lon: only species BirdNET's location "
                          "model expects there (labels matched by scientific name; others kept)")
     analyze.add_argument("--lon", type=float, help="longitude, degrees east")
-    analyze.add_argument("--week", type=int, default=-1,
+    analyze.add_argument("--week", type=int,
                          help="week of BirdNET's 48-week year (1-48), -1 all year (default)")
-    analyze.add_argument("--location-threshold", type=float, default=0.03,
-                         help="smallest occurrence score kept (default 0.03, BirdNET's)")
-    analyze.add_argument("--batch-size", type=int, default=16, help="windows per inference")
-    analyze.add_argument("--jobs", type=int, default=1, help="worker processes")
-    analyze.add_argument("--threads-per-job", type=int, default=0, metavar="N",
+    analyze.add_argument("--location-threshold", type=float,
+                         help=f"smallest occurrence score kept (default "
+                              f"{analyze_defaults.location_threshold}, BirdNET's)")
+    analyze.add_argument("--batch-size", type=int, help="windows per inference")
+    analyze.add_argument("--jobs", type=int, help="worker processes")
+    analyze.add_argument("--threads-per-job", type=int, metavar="N",
                          help="threads of each worker process (default: the cores shared "
                               "evenly among the workers)")
     analyze.add_argument("--dask-scheduler", metavar="ADDRESS",
                          help="send the files to this Dask scheduler, e.g. tcp://host:8786 "
                               "(pip install 'tfbird[dask]'; workers must see the same paths)")
-    analyze.add_argument("--dask-local", type=int, default=0, metavar="N",
+    analyze.add_argument("--dask-local", type=int, metavar="N",
                          help="send the files to a local Dask cluster of N worker processes")
     analyze.add_argument("--overwrite", action="store_true",
                          help="analyse again files whose outputs are up to date")
@@ -469,6 +472,10 @@ def resolve_config_path(name: str) -> Path | None:
 
 
 def run_synth(args) -> int:
+    """``tfbird synth``: the synthetic corpus of the config's ``synth`` section into ``--out``.
+
+    Example: ``python -m tfbird synth --out data/demo``
+    """
     from tfbird import synth
 
     cfg = load_config(args)
@@ -494,6 +501,10 @@ def run_ingest(args) -> int:
 
 
 def run_eda(args) -> int:
+    """``tfbird eda``: a data set's report (PNG charts, ``summary.md``) into ``--out``.
+
+    Example: ``python -m tfbird eda --data data/demo --out eda/demo``
+    """
     from tfbird import eda
 
     cfg = load_config(args, layout_overrides(args))
@@ -525,6 +536,10 @@ def print_ingest_summary(manifest: dict, out_dir) -> None:
 
 
 def run_features(args) -> int:
+    """``tfbird features``: the log-mel ``[frames, mels]`` of one whole recording as ``.npy``.
+
+    Example: ``python -m tfbird features recording.flac --out recording.npy``
+    """
     import numpy as np
 
     from tfbird.frontend import build_frontend
@@ -539,6 +554,11 @@ def run_features(args) -> int:
 
 
 def run_train(args) -> int:
+    """``tfbird train``: ingest when the records are missing or stale, train, score the best
+    epoch; the flags are config overrides (``--epochs`` is ``--set train.epochs=N``, ...).
+
+    Example: ``python train.py --data my_birds --config small --strategy mirrored``
+    """
     from tfbird.catalog import default_records_dir
 
     records = args.records
@@ -568,6 +588,10 @@ def run_train(args) -> int:
 
 
 def run_cv(args) -> int:
+    """``tfbird cv``: train and score one run per held-out fold, beside a baseline.
+
+    Example: ``python -m tfbird cv --data esc10/esc10.csv --fold-column fold``
+    """
     from tfbird import cv
 
     overrides = layout_overrides(args) + set_strings((("train.strategy", args.strategy),))
@@ -581,6 +605,11 @@ def run_cv(args) -> int:
 
 
 def run_evaluate(args) -> int:
+    """``tfbird evaluate``: a run's metrics, per-class table, thresholds and plots on a split
+    (with ``--call-onsets``, also where the framewise peaks fall).
+
+    Example: ``python -m tfbird evaluate --run-dir runs/20250101-120000 --split valid``
+    """
     from tfbird import evaluation
 
     summary = evaluation.evaluate_run(args.run_dir, records_dir=args.records, split=args.split,
@@ -601,6 +630,11 @@ def run_evaluate(args) -> int:
 
 
 def run_export(args) -> int:
+    """``tfbird export``: a run as a SavedModel version folder (and TFLite variants), then
+    checks that Keras, SavedModel and TFLite agree on windows of ``--check-audio``.
+
+    Example: ``python export.py --run-dir runs/20250101-120000 --tflite``
+    """
     cfg = load_config(args)
     from tfbird import exporter, pipeline
 
@@ -624,7 +658,7 @@ def run_export(args) -> int:
     check_audio = args.check_audio or run_cfg.data.path
     waveforms = pipeline.check_windows(check_audio, run_cfg.audio, count=8)
     differences = exporter.compare_outputs(result, waveforms)
-    print(f"Agreement on {len(waveforms)} 5-s windows from {check_audio} "
+    print(f"Agreement on {len(waveforms)} {run_cfg.audio.window_s:g}-s windows from {check_audio} "
           f"(largest |p - p_keras|): " + ", ".join(f"{k} {v:.2e}" for k, v in differences.items()))
     if result.tflite_paths and args.eval_windows > 0:
         print_tflite_evaluation(result, run_cfg, args.eval_windows)
@@ -647,19 +681,27 @@ def print_tflite_evaluation(result, run_cfg, eval_windows: int) -> None:
 
 
 def run_analyze(args) -> int:
+    """``tfbird analyze``: detection tables of recordings by an exported model or run
+    folder; exit status 1 when some inputs failed (listed in ``errors.csv``).
+
+    Example: ``python -m tfbird analyze recordings/ --model exports/tfbird/1 --format raven``
+    """
     from tfbird import analyze
     from tfbird.config import AnalyzeConfig
 
-    cfg = AnalyzeConfig(
+    given = dict(
         overlap_s=args.overlap, min_conf=args.min_conf, thresholds=args.thresholds,
         top_n=args.top_n,
         merge_consecutive=args.merge_consecutive, species_list=args.species_list,
-        formats=tuple(dict.fromkeys(args.formats)), batch_size=args.batch_size,
-        jobs=args.jobs, threads_per_job=args.threads_per_job,
+        formats=tuple(dict.fromkeys(args.formats)) if args.formats else None,
+        batch_size=args.batch_size, jobs=args.jobs, threads_per_job=args.threads_per_job,
         dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
         out_dir=args.out, overwrite=args.overwrite, combine=args.combine,
         latitude=args.lat, longitude=args.lon, week=args.week,
-        location_threshold=args.location_threshold).validate()
+        location_threshold=args.location_threshold)
+    # A flag not given is None and leaves AnalyzeConfig's default, the only one written.
+    cfg = AnalyzeConfig(**{key: value for key, value in given.items()
+                           if value is not None}).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))
     return EXIT_SOME_FAILED if summary.failed else 0
@@ -692,6 +734,10 @@ def run_search(args) -> int:
 
 
 def run_data_service(args) -> int:
+    """``tfbird data-service``: a tf.data service dispatcher or worker, serving until stopped.
+
+    Example: ``python -m tfbird data-service --dispatcher --port 5050``
+    """
     import socket
 
     from tfbird import data_service
@@ -711,6 +757,11 @@ def run_data_service(args) -> int:
 
 
 def run_bench(args) -> int:
+    """``tfbird bench WHAT``: one benchmark, its section written into ``--out``
+    (``BENCHMARKS.md``).
+
+    Example: ``python -m tfbird bench frontend --audio ../shared/audio --repeats 3``
+    """
     from tfbird import bench, pipeline
 
     if args.what == "analyze":
@@ -770,6 +821,11 @@ def run_bench(args) -> int:
 
 
 def run_bench_analyze(args) -> int:
+    """``tfbird bench analyze``: realtime factor per model form and worker count (saved to
+    ``--results``), or with ``--plots`` the scaling plots of saved results.
+
+    Example: ``python -m tfbird bench analyze --data recordings/ --model runs/r exports/tfbird/1``
+    """
     from tfbird import bench
 
     results = Path(args.results)
@@ -793,7 +849,7 @@ def run_bench_analyze(args) -> int:
 
 
 def config_of_run(run_dir: Path):
-    from tfbird.training import CONFIG_FILE, check_run_dir
+    from tfbird.artifacts import CONFIG_FILE, check_run_dir
 
     return config.load(check_run_dir(run_dir) / CONFIG_FILE)
 

@@ -102,6 +102,7 @@ class FrontendConfig:
 DATA_LAYOUTS = ("auto", "birdclef", "birdclef2025", "cornell", "folders", "raven", "csv")
 WINDOW_SELECTIONS = ("all", "first", "random")
 DATA_STORES = ("logmel", "pcm", "embedding")
+IGNORED_LABELS = ("?", "", "unknown")  # data.ignore_labels' default: Raven labels of no class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +171,7 @@ class DataConfig:
     secondary_label_weight: float = 1.0
     store: str = "logmel"
     decode_block_s: float = 60.0
-    ignore_labels: tuple[str, ...] = ("?", "", "unknown")
+    ignore_labels: tuple[str, ...] = IGNORED_LABELS
     sampling: str = "natural"
 
     def validate(self) -> None:

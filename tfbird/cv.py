@@ -221,7 +221,7 @@ def clip_features(records_dir: str | Path, split: str) -> tuple[list[str], np.nd
     import tensorflow as tf
 
     from tfbird import dataset, records
-    from tfbird.ingest import read_manifest
+    from tfbird.records import read_manifest
 
     manifest = read_manifest(records_dir)
     store = manifest.get("store", records.LOGMEL)

@@ -18,10 +18,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfbird import config, records
+from tfbird.records import read_manifest
 from tfbird.augment import augment_batch, augment_waveform_batch
 from tfbird.config import AugmentConfig
 from tfbird.frontend import LogMelSpectrogram, build_frontend
-from tfbird.ingest import read_manifest
 
 
 def shard_paths(records_dir: str | Path, manifest: dict, split: str) -> list[str]:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tfbird import catalog
+from tfbird.artifacts import write_atomically
 
 COLUMNS = ["file", "start_s", "end_s", "label", "confidence"]
 # BirdNET-Analyzer's tables, column for column (its Raven ``Begin Path`` and ``File Offset
@@ -318,19 +318,3 @@ def write_outputs(detections: pd.DataFrame, paths: dict[str, Path], file: str,
         else:
             raise ValueError(f"Unknown output format. Received: format={name!r}")
         write_atomically(path, text)
-
-
-def write_atomically(path: Path, text: str | bytes) -> None:
-    """Writes ``path`` through a temporary file of this process (two processes writing the
-    same output never share one), renamed over it: ``path`` is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(text, bytes):
-            temporary.write_bytes(text)
-        else:
-            temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError:  # E.g. a full disk: no part left behind, the previous file kept.
-        temporary.unlink(missing_ok=True)
-        raise

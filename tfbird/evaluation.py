@@ -36,20 +36,20 @@ from sklearn.metrics import confusion_matrix, precision_recall_curve
 
 from tfbird import config, metrics
 from tfbird import labels as labels_lib
-from tfbird.ingest import read_manifest
-from tfbird.training import (
+from tfbird.artifacts import (
     CONFIG_FILE,
     LABELS_FILE,
+    METRICS_FILE,
     MODEL_FILE,
+    THRESHOLDS_FILE,
     check_run_dir,
-    predict_split,
     write_metrics,
 )
+from tfbird.records import read_manifest
+from tfbird.training import predict_split
 
 EVALUATION_DIR = "evaluation"
-METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
-THRESHOLDS_FILE = "thresholds.csv"
 PR_CURVES_FILE = "pr_curves.png"
 HISTOGRAM_FILE = "score_histogram.png"
 CONFUSION_CSV_FILE = "confusion_matrix.csv"
@@ -127,12 +127,6 @@ def split_metrics(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarra
     return {**metrics.validation_metrics(y_true, y_score),
             "row_f1_tuned": metrics.row_f1(y_true, y_score, thresholds),
             "examples": len(y_true)}
-
-
-def read_thresholds(path: str | Path) -> dict[str, float]:
-    """``thresholds.csv`` as ``{label: threshold}``."""
-    table = pd.read_csv(path, dtype={"label": str})
-    return dict(zip(table["label"], table["threshold"].astype(float)))
 
 
 def worst_classes(table: pd.DataFrame, count: int = WORST_CLASSES) -> pd.DataFrame:

@@ -1,9 +1,9 @@
 """A trained run -> a SavedModel for TF Serving (waveform in, probabilities out) and TFLite.
 
 The exported model is ``LogMelSpectrogram`` (the same layer ingest used) -> the trained
-classifier -> sigmoid (softmax for ``model.task: multiclass``), so a client sends 5-s
-waveforms at the model's sample rate and never computes features itself. Layout, as TF
-Serving expects::
+classifier -> sigmoid (softmax for ``model.task: multiclass``), so a client sends waveform
+windows (``audio.window_s``) at the model's sample rate and never computes features itself.
+Layout, as TF Serving expects::
 
     exports/<model_name>/<version>/saved_model.pb
                                    variables/
@@ -39,25 +39,32 @@ from ai_edge_litert.interpreter import Interpreter
 
 from tfbird import backbones, catalog, config, metrics
 from tfbird import labels as labels_lib
+from tfbird.artifacts import (
+    BACKBONE_DIR,
+    CONFIG_FILE,
+    CONTRACT_ASSET,
+    EMBED_SIGNATURE,
+    EMBEDDING_NAME,
+    FRAMEWISE_NAME,
+    HEAD_SIGNATURE,
+    INPUT_NAME,
+    LABELS_ASSET,
+    LABELS_FILE,
+    LABELS_NAME,
+    LABELS_SIGNATURE,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    QUANTIZATIONS,
+    SIGNATURE,
+    SPECIES_ASSET,
+    TFLITE_FILE,
+    TFLITE_FILES,
+    check_run_dir,
+    model_contract,
+)
 from tfbird.frontend import build_frontend
 from tfbird.model import embedding_features, framewise_model, has_sed_head, logmel_classifier
-from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE, check_run_dir
 
-SIGNATURE = "serving_default"
-INPUT_NAME = "waveform"
-OUTPUT_NAME = "probabilities"
-FRAMEWISE_NAME = "framewise"  # A second serving_default output, for models with the sed head.
-EMBED_SIGNATURE = "embed"
-HEAD_SIGNATURE = "head"  # A Perch export: the head alone, embedding -> probabilities.
-EMBEDDING_NAME = "embedding"
-LABELS_SIGNATURE = "labels"
-LABELS_NAME = "labels"
-TFLITE_FILE = "model.tflite"
-# ``--quantize`` variants and their file names (``none`` is the float32 model).
-TFLITE_FILES = {"none": TFLITE_FILE, "float16": "model_float16.tflite",
-                "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
-QUANTIZATIONS = tuple(TFLITE_FILES)
-BACKBONE_DIR = "backbone"  # A head's export: the pretrained backbone's own files.
 FRONT_END_LAYER = "log_mel_spectrogram"  # The name ``build_frontend`` gives the layer.
 
 
@@ -372,11 +379,11 @@ def write_saved_model(version_dir: Path, models: dict[str, keras.Model | None],
     ``signatures`` and the assets ``labels.txt``, ``model_config.json`` (``contract``) and
     ``species.csv`` (``write_species`` of ``names``)."""
     with tempfile.TemporaryDirectory() as staging:
-        labels_path = Path(staging) / "labels.txt"
+        labels_path = Path(staging) / LABELS_ASSET
         labels_lib.write_labels(labels, labels_path)
-        config_path = Path(staging) / "model_config.json"
+        config_path = Path(staging) / CONTRACT_ASSET
         config_path.write_text(json.dumps(contract, indent=2))
-        species_path = Path(staging) / "species.csv"
+        species_path = Path(staging) / SPECIES_ASSET
         write_species(labels, names, species_path)
 
         module = tf.Module()
@@ -394,16 +401,6 @@ def write_species(labels: list[str], names: dict[str, tuple[str, str]], path: Pa
     writes these names into BirdNET's tables."""
     pd.DataFrame([(label, *catalog.label_names(label, names)) for label in labels],
                  columns=["label", "scientific_name", "common_name"]).to_csv(path, index=False)
-
-
-def model_contract(cfg: config.Config, labels: list[str]) -> dict:
-    """What a client must know to feed the model: saved as ``assets/model_config.json``."""
-    dicts = config.to_dict(cfg)
-    return {"input": INPUT_NAME, "output": OUTPUT_NAME,
-            "signatures": {SIGNATURE: OUTPUT_NAME, EMBED_SIGNATURE: EMBEDDING_NAME,
-                           LABELS_SIGNATURE: LABELS_NAME},
-            "window_samples": cfg.audio.window_samples, "num_classes": len(labels),
-            "audio": dicts["audio"], "frontend": dicts["frontend"]}
 
 
 def convert_to_tflite(model: keras.Model, quantize: str = "none",

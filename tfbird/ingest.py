@@ -46,7 +46,6 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 import sys
 import time
 import zlib
@@ -60,7 +59,10 @@ from tqdm.auto import tqdm
 
 from tfbird import analyze, catalog, config, records
 from tfbird import labels as labels_lib
+from tfbird.artifacts import LABELS_FILE, write_atomically
 from tfbird.backbones import load_backbone
+from tfbird.records import MANIFEST
+from tfbird.records import read_manifest  # noqa: F401  (kept as ingest.read_manifest)
 from tfbird.frontend import build_frontend
 from tfbird.waveform import (
     CountedBlocks,
@@ -72,10 +74,8 @@ from tfbird.waveform import (
     stream_waveform,
 )
 
-MANIFEST = "manifest.json"
 FAILURES = "failures.csv"
 INGESTED = "ingested.csv"
-LABELS_FILE = "labels.txt"
 SIDECAR_SUFFIX = ".json"
 SPLITS = ("train", "valid")
 FAILURE_COLUMNS = ["path", "filename", "reason", "detail"]
@@ -428,7 +428,8 @@ def random_window_index(num_windows: tf.Tensor, count: int, seed: tf.Tensor) -> 
     from ``seed``), in time order (graph code): ``data.window_selection: random``.
 
     Example:
-        >>> random_window_index(10, 3, [0, 7])
+        >>> random_window_index(10, 3, [0, 7]).numpy().tolist()
+        [1, 3, 9]
     """
     num_windows = tf.cast(num_windows, tf.int64)
     shuffled = tf.random.experimental.stateless_shuffle(tf.range(num_windows), seed=seed)
@@ -646,15 +647,6 @@ def check_failures(num_failed: int, num_files: int, max_failures: float, report:
             f"see {report}. Received: max_failures={max_failures}", manifest or {})
 
 
-def read_manifest(records_dir: str | Path) -> dict:
-    path = Path(records_dir) / MANIFEST
-    if not path.is_file():
-        raise ValueError(f"No {MANIFEST} in the records folder; run `tfbird ingest` first "
-                         f"(with --workers, every worker must finish). "
-                         f"Received: records={str(records_dir)!r}")
-    return json.loads(path.read_text())
-
-
 def load_json(path: Path) -> dict:
     """The JSON object in ``path``, or ``{}`` when it is missing or unreadable."""
     try:
@@ -664,12 +656,10 @@ def load_json(path: Path) -> dict:
 
 
 def write_json_atomic(value: dict, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(temporary, path)
+    """``value`` as indented JSON (``str`` of what JSON lacks), via ``write_atomically``."""
+    write_atomically(path, json.dumps(value, indent=2, default=str))
 
 
 def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    """``table`` as CSV without its index, via ``write_atomically``."""
+    write_atomically(path, table.to_csv(index=False))

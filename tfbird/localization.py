@@ -23,11 +23,11 @@ import tensorflow as tf
 
 from tfbird import config, records
 from tfbird import labels as labels_lib
+from tfbird.artifacts import CONFIG_FILE, LABELS_FILE, MODEL_FILE
 from tfbird.dataset import build_manifest_frontend, shard_paths
 from tfbird.exporter import load_classifier
-from tfbird.ingest import read_manifest
 from tfbird.model import framewise_model
-from tfbird.training import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+from tfbird.records import read_manifest
 
 LOCALIZATION_FILE = "localization.csv"
 SUMMARY_FILE = "localization.json"

@@ -8,7 +8,7 @@
 - ``row_f1``: F1 of each row's predicted label set (score >= threshold) against its true set,
   averaged over rows: the Cornell 2020 "row-wise micro F1". A row with no true and no
   predicted label scores 1, as "nocall" = "nocall" did there. The threshold is one number or
-  one per class (``best_f1_thresholds``).
+  one per class (e.g. the ``threshold`` column of ``per_class_table``).
 - ``top1_accuracy``: multiclass accuracy over the rows that have a true class.
 - ``per_class_table``: per class, the positives, average precision, ROC-AUC and the threshold
   with the best F1 on these scores (``best_f1_threshold``).
@@ -81,12 +81,6 @@ def best_f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, f
                    out=np.zeros_like(precision), where=(precision + recall) > 0)
     best = int(np.argmax(f1))
     return float(thresholds[best]), float(f1[best])
-
-
-def best_f1_thresholds(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
-    """``best_f1_threshold`` of each class: float ``[classes]``."""
-    return np.array([best_f1_threshold(y_true[:, k], y_score[:, k])[0]
-                     for k in range(np.asarray(y_true).shape[1])])
 
 
 def per_class_table(y_true: np.ndarray, y_score: np.ndarray, labels: list[str]) -> pd.DataFrame:

@@ -182,8 +182,8 @@ def sed_head(feature_map, num_classes: int, dropout: float, gru_units: int = 0,
     ``clip_pooling="logit"``: ``sed_weighted`` is attention x ``sed_cla`` and ``logits`` its
     sum over time (no ``sed_framewise`` layer: ``framewise_model`` applies the sigmoid).
     """
-    # Pool over frequency by the mean, as PANNs. Adding the max over frequency, as some
-    # BirdCLEF heads do, cost 0.03 validation ROC-AUC on the demo (README, Heads).
+    # Pool over frequency by the mean, as PANNs; mean + max, as some BirdCLEF heads pool,
+    # scored lower on the demo (README, Heads).
     x = keras.ops.mean(feature_map, axis=2)
     x = keras.layers.Dropout(dropout, name="sed_dropout")(x)
     if gru_units:
@@ -236,8 +236,10 @@ def framewise_model(classifier: keras.Model) -> keras.Model:
         probabilities ``[batch, frames, num_classes]``.
 
     Example:
-        >>> framewise_model(classifier)(logmel).shape
-        TensorShape([2, 501, 10])
+        >>> cfg = ModelConfig(head="sed", image_size=(128, 64), weights="none")
+        >>> classifier = build_classifier(cfg, num_classes=10, input_shape=(501, 128))
+        >>> tuple(framewise_model(classifier)(keras.ops.zeros((2, 501, 128))).shape)
+        (2, 501, 10)
     """
     if not has_sed_head(classifier):
         raise ValueError("framewise_model needs a classifier with the sed head (model.head: "

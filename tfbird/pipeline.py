@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tfbird import catalog, config, ingest, synth, training
+from tfbird import catalog, config, distribute, ingest, records, synth, training
 from tfbird.waveform import load_waveform
 
 log = logging.getLogger(__name__)
-
-AUDIO_SUFFIXES = catalog.AUDIO_SUFFIXES
 
 
 def prepare_and_train(cfg: config.Config, data_given: bool = False,
@@ -39,7 +37,7 @@ def prepare_and_train(cfg: config.Config, data_given: bool = False,
     if run_dir is not None and not overwrite:  # Refused at once, not after ingesting.
         training.check_not_finished(Path(run_dir))
     # First: splitting the CPU for MirroredStrategy must precede any TensorFlow work (ingest).
-    strategy = training.make_strategy(cfg.train)
+    strategy = distribute.make_strategy(cfg.train)
     data = Path(cfg.data.path)
     if cfg.data.synthetic and not data_given:
         ensure_synthetic_corpus(data, cfg.synth, progress)
@@ -48,7 +46,7 @@ def prepare_and_train(cfg: config.Config, data_given: bool = False,
         log.info("Ingesting %s into %s", data, records_dir)
         manifest = ingest.ingest(cfg, data, records_dir, progress=progress, resume=not reingest)
     else:
-        manifest = ingest.read_manifest(records_dir)
+        manifest = records.read_manifest(records_dir)
         log.info("Reusing the records in %s (same data and settings; --reingest rewrites)",
                  records_dir)
     log.info("Records: %s", {s: v["examples"] for s, v in manifest["splits"].items()})
@@ -67,7 +65,7 @@ def ensure_synthetic_corpus(data: Path, synth_cfg: config.SynthConfig, progress:
 def records_match(records_dir: Path, cfg: config.Config) -> bool:
     """True when ``records_dir`` was ingested from ``cfg.data.path`` with ``cfg``'s settings."""
     try:
-        manifest = ingest.read_manifest(records_dir)
+        manifest = records.read_manifest(records_dir)
     except ValueError:
         return False
     expected = ingest.build_manifest(cfg, cfg.data.path, manifest["labels"], {}, 0)
@@ -78,7 +76,7 @@ def records_match(records_dir: Path, cfg: config.Config) -> bool:
 
 def audio_files(folder: str | Path) -> list[Path]:
     """Audio files under ``folder`` (recursive, sorted); raises if there are none."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = catalog.audio_files_under(Path(folder))
     if not files:
         raise ValueError(f"No audio files found. Received: folder={str(folder)!r}")
     return files
@@ -123,9 +121,9 @@ def record_windows(records_dir: str | Path, split: str, audio: config.AudioConfi
     """
     import tensorflow as tf
 
-    from tfbird import dataset, records
+    from tfbird import dataset
 
-    manifest = ingest.read_manifest(records_dir)
+    manifest = records.read_manifest(records_dir)
     num_classes = len(manifest["labels"])
     description = {key: value for key, value in records.feature_description(num_classes).items()
                    if key in (records.FILENAME, records.START_S, records.LABELS)}

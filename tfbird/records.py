@@ -28,6 +28,7 @@ then renamed, so a shard that exists is complete.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -46,7 +47,7 @@ LABELS = "labels"
 SECONDARY = "secondary_labels"
 FILENAME = "filename"
 START_S = "start_s"
-STORAGE_DTYPE = np.float16
+MANIFEST = "manifest.json"  # Written by ingest last: the folder's splits, shards and shapes.
 
 
 def to_example(feature: np.ndarray, labels: np.ndarray, filename: str, start_s: float,
@@ -191,3 +192,18 @@ class PendingExamples:
 
 def _bytes_feature(value: bytes) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def read_manifest(records_dir: str | Path) -> dict:
+    """The records folder's ``manifest.json`` (what ``ingest`` wrote: splits, shards, shapes,
+    store, labels), read by every reader of the records.
+
+    Raises:
+        ValueError: a folder without one (not ingested, or a worker still running).
+    """
+    path = Path(records_dir) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"No {MANIFEST} in the records folder; run `tfbird ingest` first "
+                         f"(with --workers, every worker must finish). "
+                         f"Received: records={str(records_dir)!r}")
+    return json.loads(path.read_text())

@@ -28,6 +28,7 @@ import pandas as pd
 
 from tfbird import analyze as analyze_lib
 from tfbird import detections as detections_lib
+from tfbird.artifacts import OUTPUT_NAME
 from tfbird.config import AnalyzeConfig
 
 
@@ -53,7 +54,7 @@ def parse_response(payload: bytes, num_windows: int, num_classes: int) -> np.nda
         raise ValueError(f"TF Serving answered without predictions. Received: {str(answer)[:300]}")
     predictions = answer["predictions"]
     if predictions and isinstance(predictions[0], dict):
-        predictions = [row[analyze_lib.PROBABILITIES] for row in predictions]
+        predictions = [row[OUTPUT_NAME] for row in predictions]
     predictions = np.asarray(predictions, np.float32)
     if predictions.shape != (num_windows, num_classes):
         raise ValueError(f"Expected predictions of shape {(num_windows, num_classes)}. "
@@ -70,7 +71,7 @@ def detect_file(path: str | Path, url: str, info: analyze_lib.ModelInfo, cfg: An
                 timeout_s: float = 60.0) -> pd.DataFrame:
     """Streams one recording through the served model; returns its detection rows."""
     scored = analyze_lib.score_recording(
-        path, lambda windows: {analyze_lib.PROBABILITIES: predict(
+        path, lambda windows: {OUTPUT_NAME: predict(
             url, windows, len(info.labels), timeout_s)}, info, cfg)
     return analyze_lib.detect(scored, info, cfg, str(path))
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from tfbird.artifacts import write_atomically
 from tfbird.config import SynthConfig
 
 METADATA_FILENAME = "train_metadata.csv"
@@ -737,13 +739,12 @@ def _metadata_row(plan: RecordingPlan, species: Species, seed: int) -> tuple:
 
 
 def _write_csv(path: Path, columns, rows) -> None:
-    """Writes a CSV atomically (a temporary file renamed into place)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    """Writes a UTF-8 CSV atomically (``artifacts.write_atomically``)."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue().encode("utf-8"))
 
 
 # --- Small helpers -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Training: strategy, model and optimiser in its scope, ``fit``, checkpoints, logs and scores.
+"""Training: model and optimiser in the strategy's scope (``tfbird.distribute``), ``fit``,
+checkpoints, logs and scores.
 
 A run folder ``runs/<timestamp>/`` receives:
 
@@ -32,16 +33,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import datetime
-import importlib.metadata
 import io
 import json
 import logging
 import math
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -54,8 +51,19 @@ from tensorflow.core.util import event_pb2
 
 from tfbird import config, dataset, metrics, records
 from tfbird import labels as labels_lib
-from tfbird.detections import write_atomically
-from tfbird.ingest import read_manifest
+from tfbird.artifacts import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    TRAINING_LOG_FILE,
+    make_run_dir,
+    write_atomically,
+    write_environment,
+    write_metrics,
+)
+from tfbird.distribute import make_strategy, worker_index
 from tfbird.model import (
     build_classifier,
     build_embedding_head,
@@ -63,15 +71,10 @@ from tfbird.model import (
     sed_time_steps,
     set_backbone_trainable,
 )
+from tfbird.records import read_manifest
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-LABELS_FILE = "labels.txt"
-ENVIRONMENT_FILE = "environment.json"
-TRAINING_LOG_FILE = "training_log.csv"
 BACKUP_DIR = "backup"
 FROZEN_BACKUP_DIR = "frozen"  # inside the backup folder: the frozen-backbone phase's backup
 BACKUP_METADATA = "training_metadata.json"  # BackupAndRestore's epoch count
@@ -79,171 +82,6 @@ BACKUP_METADATA = "training_metadata.json"  # BackupAndRestore's epoch count
 MIN_SED_TIME_STEPS = 4
 LOGS_DIR = "logs"  # TensorBoard
 INPUT_IMAGES = 4  # augmented training inputs shown in TensorBoard
-ENVIRONMENT_PACKAGES = ("tensorflow", "keras", "numpy", "librosa", "soundfile")
-
-
-def make_strategy(train_cfg: config.TrainConfig) -> tf.distribute.Strategy:
-    """``default``: one device. ``mirrored``: every GPU, or without GPUs the CPU split into
-    ``train_cfg.cpu_replicas`` logical devices, so the mirrored code path really runs.
-    ``multiworker``: ``MultiWorkerMirroredStrategy`` over the cluster in ``TF_CONFIG``.
-    ``tpu``: ``TPUStrategy`` on ``train_cfg.tpu``.
-
-    Call it before any other TensorFlow work in the process.
-    """
-    if train_cfg.strategy == "default":
-        return tf.distribute.get_strategy()
-    if train_cfg.strategy == "multiworker":
-        read_tf_config()  # A clear error before TensorFlow's own, less clear one.
-        patch_keras_for_multiworker()
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if train_cfg.strategy == "tpu":
-        return make_tpu_strategy(train_cfg.tpu)
-    if tf.config.list_physical_devices("GPU"):
-        return tf.distribute.MirroredStrategy()
-    devices = split_cpu(train_cfg.cpu_replicas)
-    return tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
-
-
-def read_tf_config() -> dict:
-    """The ``TF_CONFIG`` environment variable of a ``multiworker`` run, checked.
-
-    It names every worker and this process's place among them, e.g. on the second of two
-    machines ``{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type":
-    "worker", "index": 1}}``.
-
-    Raises:
-        ValueError: ``TF_CONFIG`` missing, not JSON, without workers, or with a task that is
-            not one of them.
-    """
-    text = os.environ.get("TF_CONFIG", "")
-    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}')
-    if not text.strip():
-        raise ValueError(
-            f"train.strategy multiworker reads the cluster from the TF_CONFIG environment "
-            f"variable, which is not set. Set it on each machine, e.g. TF_CONFIG='{example}' "
-            f"(index 0 on the first machine, 1 on the second, ...). Received: TF_CONFIG=None")
-    try:
-        tf_config = json.loads(text)
-        workers = tf_config["cluster"]["worker"]
-        task_type, task_index = tf_config["task"]["type"], tf_config["task"]["index"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(
-            f"TF_CONFIG must be JSON with cluster.worker (a list of host:port) and task.type "
-            f"and task.index, e.g. '{example}'. Cause: {error!r}. Received: TF_CONFIG={text!r}"
-        ) from error
-    members = tf_config["cluster"].get(task_type)
-    if (not isinstance(workers, list) or not workers or not isinstance(members, list)
-            or not isinstance(task_index, int) or not 0 <= task_index < len(members)):
-        raise ValueError(
-            f"TF_CONFIG's task must be one of its cluster's workers: task.type a key of "
-            f"cluster and task.index in 0..{len(members or []) - 1}. Received: TF_CONFIG={text!r}")
-    return tf_config
-
-
-def make_tpu_strategy(tpu: str = "local") -> tf.distribute.TPUStrategy:
-    """Connects to and initialises the TPU ``tpu`` (``"local"``: this TPU VM's; else a
-    name or ``grpc://`` address) and returns a ``TPUStrategy`` over its cores.
-
-    Raises:
-        ValueError: no TPU there (TensorFlow's own error is given as the cause).
-    """
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        if tpu != "local":  # A TPU VM's chips are local; a TPU node is a remote cluster.
-            tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except Exception as error:  # Missing TPU: ValueError, NotFoundError, ... by setup.
-        cause = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise ValueError(
-            f"train.strategy tpu found no TPU at {tpu!r}: {cause}. Run on a TPU VM with "
-            f"train.tpu: local, or give the TPU's name or grpc:// address. "
-            f"Received: tpu={tpu!r}") from error
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def worker_index(strategy: tf.distribute.Strategy) -> int:
-    """This process's task index in a multi-worker cluster; 0 with a single process."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return int(resolver.task_id or 0) if resolver is not None and resolver.task_type else 0
-
-
-def patch_keras_for_multiworker() -> None:
-    """Works around two bugs of Keras 3 (seen up to 3.15) that stop ``fit`` under
-    ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585, tensorflow/tensorflow#72388).
-
-    1. Before the first step ``fit`` averages a data batch across replicas with
-       ``strategy.reduce``, which fails on the ``(x, y)`` tuple; the first replica's batch
-       has the shapes needed to build the model.
-    2. Each step averages its scalar logs (loss, metrics) across workers with ``axis=0``,
-       which fails on scalars; they are averaged element-wise over replicas instead (what
-       ``MirroredStrategy`` gets).
-
-    Both only change what happens under a multi-worker strategy. Idempotent.
-    """
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    if getattr(tf_trainer, "tfbird_multiworker_patch", False):
-        return
-    multi_worker = tf_trainer._collective_all_reduce_multi_worker
-    reduce_per_replica = tf_trainer.reduce_per_replica
-    maybe_symbolic_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
-
-    def reduce_logs(values, strategy, reduction="auto"):
-        if reduction == "auto" and multi_worker(strategy):
-            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return reduce_per_replica(values, strategy, reduction)
-
-    def symbolic_build(model, iterator=None, data_batch=None):
-        strategy = model.distribute_strategy
-        if iterator is not None and data_batch is None and multi_worker(strategy):
-            for _, _, batches in iterator:
-                data_batch = tree.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0], next(batches))
-                break
-            iterator = None
-        return maybe_symbolic_build(model, iterator=iterator, data_batch=data_batch)
-
-    tf_trainer.reduce_per_replica = reduce_logs
-    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = symbolic_build
-    tf_trainer.tfbird_multiworker_patch = True
-
-
-def split_cpu(num_devices: int) -> list[str]:
-    """Splits the physical CPU into ``num_devices`` logical devices; returns their names.
-
-    Must run before TensorFlow initialises its devices; if that already happened with enough
-    logical CPUs (a test session that split the CPU at start), those are used.
-    """
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
-        # Each replica gets its share of the cores; all replicas sharing every core made
-        # steps slower (measured: 4.2 s vs 5.0 s per ResNet50 step of 32 at 64x64, 2 cores).
-        tf.config.threading.set_intra_op_parallelism_threads(
-            max(1, (os.cpu_count() or 1) // num_devices))
-    except RuntimeError:
-        pass  # Already initialised: use what is there, checked below.
-    names = [device.name for device in tf.config.list_logical_devices("CPU")]
-    if len(names) < num_devices:
-        raise ValueError(
-            f"Cannot split the CPU into {num_devices} devices after TensorFlow initialised "
-            f"with {len(names)}. Received: cpu_replicas={num_devices}")
-    return names[:num_devices]
-
-
-def make_run_dir(runs_dir: str | Path) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(runs_dir) / stamp
-    suffix = 1
-    while run_dir.exists():
-        run_dir = Path(runs_dir) / f"{stamp}-{suffix}"
-        suffix += 1
-    run_dir.mkdir(parents=True)
-    return run_dir
 
 
 def build_optimizer(train_cfg: config.TrainConfig, steps_per_epoch: int,
@@ -412,32 +250,6 @@ def configure_determinism(train_cfg: config.TrainConfig) -> None:
     keras.utils.set_random_seed(train_cfg.seed)
     if train_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-
-
-def git_commit(folder: str | Path = Path(__file__).parent) -> str | None:
-    """``git rev-parse HEAD`` in ``folder``, or ``None`` without git or a repository."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
-                                text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
-
-
-def write_environment(path: Path) -> dict:
-    """Writes the git commit, the Python version and the package versions as JSON."""
-    versions = {}
-    for name in ENVIRONMENT_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    environment = {"git_commit": git_commit(), "python": platform.python_version(),
-                   "packages": versions}
-    path.write_text(json.dumps(environment, indent=2))
-    return environment
 
 
 BACKUP_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's weights
@@ -744,32 +556,6 @@ def worker_output_dirs(run_dir: str | Path | None, index: int) -> tuple[Path, Pa
     output_dir = Path(tempfile.mkdtemp(prefix=f"tfbird-worker{index}-"))
     backup_parent = Path(run_dir) if run_dir else output_dir
     return output_dir, backup_parent / f"{BACKUP_DIR}-worker{index}"
-
-
-def write_metrics(scores: dict, path: Path) -> None:
-    """JSON with ``null`` for an undefined score (NaN: e.g. no class with positives)."""
-    plain = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in scores.items()}
-    write_atomically(path, json.dumps(plain, indent=2))
-
-
-RUN_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE)  # What every finished run folder holds.
-
-
-def check_run_dir(run_dir: str | Path) -> Path:
-    """``run_dir`` as a ``Path`` when it is a run folder that ``train`` finished.
-
-    Raises:
-        ValueError: a folder without ``model.keras``, ``config.yaml`` or ``labels.txt``.
-    """
-    run_dir = Path(run_dir)
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise ValueError(
-            f"{run_dir} is not a run folder: it has no {', '.join(missing)}. A run folder is "
-            f"what train writes (runs/<timestamp> by default): {', '.join(RUN_FILES)}, "
-            f"{METRICS_FILE}, {TRAINING_LOG_FILE} and checkpoints/. "
-            f"Received: run_dir={str(run_dir)!r}")
-    return run_dir
 
 
 def training_finished(run_dir: Path) -> bool:
