@@ -1,6 +1,7 @@
 """Distribution strategies: one device, mirrored (every GPU, or the CPU split into logical
 devices), multi-worker over ``TF_CONFIG``, and TPU; with the patch that lets Keras ``fit``
-run under ``MultiWorkerMirroredStrategy``.
+run under ``MultiWorkerMirroredStrategy``; and the Dask client that ``analyze`` and
+``ingest`` share (``dask_client``) with its worker set-up (``init_worker``).
 
 ``make_strategy`` must run before any other TensorFlow work in the process (splitting the CPU
 and joining a cluster both fix TensorFlow's devices).
@@ -13,8 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import threading
+import time
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -200,3 +206,72 @@ def split_cpu(num_devices: int) -> list[str]:
             f"Cannot split the CPU into {num_devices} devices after TensorFlow initialised "
             f"with {len(names)}. Received: cpu_replicas={num_devices}")
     return names[:num_devices]
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, local_workers: int = 0,
+                num_threads: int | None = None) -> Iterator:
+    """A ``distributed.Client``, closed on exit: of a new ``LocalCluster`` of
+    ``local_workers`` single-threaded worker processes (closed too), each set up by
+    ``init_worker(num_threads)`` (default: the cores shared evenly among them), or else of the
+    running scheduler at ``scheduler`` (``tcp://host:8786``). Used by ``analyze`` and
+    ``ingest`` (``--dask-local``, ``--dask-scheduler``)."""
+    distributed = import_distributed()
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # Cluster start/stop chatter.
+    cluster = None
+    if local_workers:
+        cluster = distributed.LocalCluster(
+            n_workers=local_workers, threads_per_worker=1, processes=True,
+            dashboard_address=":0", silence_logs=logging.ERROR)  # Any free dashboard port.
+    client = distributed.Client(cluster or scheduler)
+    try:
+        if cluster is not None:
+            client.run(init_worker, num_threads or max(1, (os.cpu_count() or 1) // local_workers))
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def import_distributed():
+    """``dask.distributed``, or a ValueError naming the ``dask`` extra when it is missing."""
+    try:
+        import distributed
+    except ImportError as error:
+        raise ValueError("--dask-scheduler and --dask-local need Dask's distributed "
+                         "scheduler; install it with pip install 'tfbird[dask]'. "
+                         "Received: distributed=None") from error
+    return distributed
+
+
+PARENT_POLL_S = 0.5  # How often a worker checks that ``analyze`` still runs.
+
+
+def exit_when_parent_dies(poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """Starts a daemon thread that ends this worker process once its parent is gone.
+
+    A killed ``analyze`` (SIGKILL) cannot stop its ``ProcessPoolExecutor`` workers: they
+    would go on analysing queued recordings, beside the rerun, into the same files.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-when-parent-dies", daemon=True)
+    thread.start()
+    return thread
+
+
+def init_worker(num_threads: int) -> None:
+    """Limits TensorFlow's threads in a worker so ``jobs`` workers share the cores, and ends
+    the worker with its parent (``exit_when_parent_dies``)."""
+    exit_when_parent_dies()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)

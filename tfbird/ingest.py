@@ -57,7 +57,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfbird import analyze, catalog, config, records
+from tfbird import catalog, config, distribute, records
 from tfbird import labels as labels_lib
 from tfbird.artifacts import LABELS_FILE, write_atomically
 from tfbird.backbones import load_backbone
@@ -366,7 +366,7 @@ def write_shards_on_dask(cfg: config.Config, shards: list[ShardPlan], labels: li
     ``scheduler`` connects to a running scheduler, whose workers must see the recordings and
     ``out_dir`` at the same paths (a shared file system) and import this version of tfbird;
     ``local_workers`` starts a ``LocalCluster`` of that many single-threaded worker processes
-    here, each with its share of the cores (``analyze.dask_client``). Every shard is written
+    here, each with its share of the cores (``distribute.dask_client``). Every shard is written
     whole by one worker, so the output is the single-process one; the progress bar counts the
     files of the shards done. A task's error is raised here and the other tasks are dropped;
     the shards already written keep their sidecars, so a rerun resumes.
@@ -375,12 +375,12 @@ def write_shards_on_dask(cfg: config.Config, shards: list[ShardPlan], labels: li
         return
     out_dir = out_dir.absolute()  # As the workers must see it, whatever their folder.
     token = hashlib.sha256(f"{out_dir}\n{fingerprint}".encode()).hexdigest()[:12]
-    with analyze.dask_client(scheduler, local_workers) as client, tqdm(
+    with distribute.dask_client(scheduler, local_workers) as client, tqdm(
             total=sum(len(s.rows) for s in shards), unit="file", desc="ingest",
             disable=None if progress else True) as bar:
         futures = {client.submit(write_shard, cfg, shard, labels, out_dir, fingerprint,
                                  key=f"ingest-{shard.name}-{token}"): shard for shard in shards}
-        for done, future in enumerate(analyze.import_distributed().as_completed(futures), 1):
+        for done, future in enumerate(distribute.import_distributed().as_completed(futures), 1):
             future.result()
             bar.set_postfix(shards=f"{done}/{len(shards)}", refresh=False)
             bar.update(len(futures[future].rows))
