@@ -226,6 +226,9 @@ def test_summaries_after_the_backup_are_dropped_so_rerun_epochs_show_once(tmp_pa
     write_events(earlier_run, [(100.0, 0)])
     os.utime(earlier_run, (150.0, 150.0))  # Older than the backup: left as it is.
     before = earlier_run.read_bytes()
+    with killed_run.open("ab") as stream:  # A record cut by the kill: its first bytes only.
+        stream.write(b"\x1a\x00\x00\x00\x00")
+    (logs / "train" / (killed_run.name + ".trim.tmp")).write_bytes(b"")  # A killed trim's.
     assert training.drop_summaries_after(logs, backed_up_at_s=250.0) == 1
     assert scalar_steps(logs / "train") == [0, 1]
     assert earlier_run.read_bytes() == before

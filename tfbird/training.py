@@ -350,21 +350,21 @@ def drop_summaries_after(logs_dir: Path, backed_up_at_s: float) -> int:
 
     Those are the epochs a killed run finished after its last backup: the resumed run trains
     them again and writes them anew, so without this TensorBoard would show them twice. The
-    time rule covers every tag, whatever its step counts (epochs, iterations). A file is
-    rewritten to a temporary beside it and renamed over the original.
+    time rule covers every tag, whatever its step counts (epochs, iterations). A record cut
+    by the kill is dropped too. A file is rewritten to a temporary beside it and renamed over
+    the original.
     """
     removed = 0
+    for leftover in logs_dir.rglob("events.out.tfevents.*.trim.tmp"):
+        leftover.unlink()  # Left by a trim that was itself killed.
     for path in sorted(logs_dir.rglob("events.out.tfevents.*")):
         if path.stat().st_mtime <= backed_up_at_s:
             continue  # Nothing in it is newer than the backup.
-        kept, dropped = [], 0
-        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-            event = event_pb2.Event.FromString(record)
-            if event.HasField("summary") and event.wall_time > backed_up_at_s:
-                dropped += 1
-            else:
-                kept.append(record)
-        if dropped:
+        records, whole = read_event_records(path)
+        kept = [record for record in records
+                if not is_summary_after(event_pb2.Event.FromString(record), backed_up_at_s)]
+        dropped = len(records) - len(kept)
+        if dropped or not whole:
             temporary = path.with_name(path.name + ".trim.tmp")
             with tf.io.TFRecordWriter(str(temporary)) as writer:
                 for record in kept:
@@ -375,6 +375,23 @@ def drop_summaries_after(logs_dir: Path, backed_up_at_s: float) -> int:
         log.info("Removed %d TensorBoard summaries of epochs after the backup from %s.",
                  removed, logs_dir)
     return removed
+
+
+def read_event_records(path: Path) -> tuple[list[bytes], bool]:
+    """The records of a TensorBoard event file, and whether it ended whole (a process killed
+    while writing leaves a cut last record, which is left out)."""
+    records = []
+    try:
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            records.append(record)
+    except tf.errors.DataLossError:
+        return records, False
+    return records, True
+
+
+def is_summary_after(event: event_pb2.Event, time_s: float) -> bool:
+    """Whether ``event`` holds summaries written after ``time_s`` (a POSIX time)."""
+    return event.HasField("summary") and event.wall_time > time_s
 
 
 def resume_state(run_dir: Path) -> tuple[int, float | None]:
