@@ -365,11 +365,7 @@ def drop_summaries_after(logs_dir: Path, backed_up_at_s: float) -> int:
                 if not is_summary_after(event_pb2.Event.FromString(record), backed_up_at_s)]
         dropped = len(records) - len(kept)
         if dropped or not whole:
-            temporary = path.with_name(path.name + ".trim.tmp")
-            with tf.io.TFRecordWriter(str(temporary)) as writer:
-                for record in kept:
-                    writer.write(record)
-            os.replace(temporary, path)
+            write_event_records(path, kept)
             removed += dropped
     if removed:
         log.info("Removed %d TensorBoard summaries of epochs after the backup from %s.",
@@ -389,6 +385,20 @@ def read_event_records(path: Path) -> tuple[list[bytes], bool]:
     return records, True
 
 
+def write_event_records(path: Path, records: list[bytes]) -> None:
+    """Replaces the event file ``path`` by ``records``, through a temporary beside it (removed
+    if the write fails), so the file is the old one or the new one, never part of either."""
+    temporary = path.with_name(path.name + ".trim.tmp")
+    try:
+        with tf.io.TFRecordWriter(str(temporary)) as writer:
+            for record in records:
+                writer.write(record)
+        os.replace(temporary, path)
+    except (OSError, tf.errors.OpError):
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def is_summary_after(event: event_pb2.Event, time_s: float) -> bool:
     """Whether ``event`` holds summaries written after ``time_s`` (a POSIX time)."""
     return event.HasField("summary") and event.wall_time > time_s
@@ -402,8 +412,8 @@ def resume_state(run_dir: Path) -> tuple[int, float | None]:
     restore), rows of ``training_log.csv`` for epoch ``k`` or later (written before a crash,
     but not backed up) are dropped, and so are their TensorBoard summaries
     (``drop_summaries_after``), so the epochs about to be rerun appear once. Without a
-    backup, training starts again and so do the log and ``logs/``. The backup is the last phase's, or
-    else the frozen-backbone phase's (``fit_in_phases``).
+    backup, training starts again and so do the log and ``logs/``. The backup is the last
+    phase's, or else the frozen-backbone phase's (``fit_in_phases``).
     """
     shutil.rmtree(run_dir / DELETED_BACKUP_DIR, ignore_errors=True)
     epochs_done = 0
@@ -411,14 +421,13 @@ def resume_state(run_dir: Path) -> tuple[int, float | None]:
         epochs_done = restorable_backup_epoch(backup_dir) if backup_dir.is_dir() else 0
         if epochs_done:
             break
-    if epochs_done:
-        drop_summaries_after(run_dir / LOGS_DIR,
-                             (backup_dir / BACKUP_METADATA).stat().st_mtime)
-    else:
-        shutil.rmtree(run_dir / LOGS_DIR, ignore_errors=True)
     log_path = run_dir / TRAINING_LOG_FILE
-    if not epochs_done or not log_path.is_file():
+    if not epochs_done:
+        shutil.rmtree(run_dir / LOGS_DIR, ignore_errors=True)
         log_path.unlink(missing_ok=True)
+        return 0, None
+    drop_summaries_after(run_dir / LOGS_DIR, (backup_dir / BACKUP_METADATA).stat().st_mtime)
+    if not log_path.is_file():
         return epochs_done, None
     fields, rows = finished_log_rows(log_path, epochs_done)
     write_csv_atomically(log_path, fields, rows)
