@@ -10,10 +10,12 @@ from conftest import requires_shared_audio, shared_recordings
 from tfbird.config import AudioConfig
 from tfbird.waveform import (
     AudioDecodeError,
+    channel_mean,
     count_samples,
     count_windows,
     cut_windows,
     decode_error_message,
+    fix_length,
     load_waveform,
     stream_cut_windows,
     stream_waveform,
@@ -141,3 +143,23 @@ def test_overlapping_windows_and_repeat_padding():
     windows, starts = cut_windows(waveform, audio)
     np.testing.assert_allclose(starts.numpy(), [0.0, 0.5, 1.0])
     np.testing.assert_array_equal(windows.numpy(), [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 0, 1]])
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6])
+def test_channel_mean_is_numpys_mean_bit_for_bit(channels):
+    audio = np.random.default_rng(channels).standard_normal((5001, channels)).astype(np.float32)
+    audio[::7] = -0.0
+    audio[3, 0] = np.float32(3e-39)  # subnormal
+    want = audio.mean(axis=1, dtype=np.float32)
+    got = channel_mean(audio)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))  # sign of zero too
+
+
+@pytest.mark.parametrize("num_samples", [0, 3, 10, 14])
+def test_fix_length_is_librosas(num_samples):
+    waveform = np.arange(1, 11, dtype=np.float32)
+    want = librosa.util.fix_length(waveform, size=num_samples)
+    got = fix_length(waveform, num_samples)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)

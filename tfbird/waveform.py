@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import librosa
 import numpy as np
 import soundfile
 import soxr
-import tensorflow as tf
 
 from tfbird.config import AudioConfig
+
+# TensorFlow is imported by the graph functions (``cut_windows``, ``pad_to_length``) only, so
+# that decode worker processes (``tfbird.decoding``) load numpy, soundfile and soxr alone.
 
 
 class AudioDecodeError(ValueError):
@@ -86,7 +87,20 @@ def read_mono(sound: soundfile.SoundFile, frames: int = -1) -> np.ndarray:
         audio = sound.read(frames, dtype="float32", always_2d=True)
     except Exception as error:  # A file cut short or corrupt inside.
         raise AudioDecodeError(f"unreadable: {sound.name}: {error}") from error
-    return audio.mean(axis=1, dtype=np.float32)
+    return channel_mean(audio)
+
+
+def channel_mean(audio: np.ndarray) -> np.ndarray:
+    """``audio.mean(axis=1, dtype=float32)`` of ``[frames, channels]`` float32, bit for bit,
+    in a third of the time: numpy's mean over the short channel axis loops per frame, this
+    adds whole channels (left to right, as numpy's sum) and divides once. Adding ``+0.0``
+    first turns ``-0.0`` samples into ``+0.0``, as numpy's sum (which starts from ``+0.0``)."""
+    mono = audio[:, 0] + np.float32(0.0)
+    for channel in range(1, audio.shape[1]):
+        mono += audio[:, channel]
+    if audio.shape[1] > 1:
+        mono /= np.float32(audio.shape[1])
+    return mono
 
 
 def decode_whole(sound: soundfile.SoundFile, sample_rate_hz: int) -> np.ndarray:
@@ -122,7 +136,16 @@ def resample(waveform: np.ndarray, source_rate_hz: int, sample_rate_hz: int) -> 
     resampled = soxr.resample(waveform, source_rate_hz, sample_rate_hz, quality="HQ")
     # librosa fixes the length to ceil(n * ratio); soxr may return one sample fewer.
     num_samples = resampled_length(len(waveform), source_rate_hz, sample_rate_hz)
-    return librosa.util.fix_length(resampled.astype(np.float32, copy=False), size=num_samples)
+    return fix_length(resampled.astype(np.float32, copy=False), num_samples)
+
+
+def fix_length(waveform: np.ndarray, num_samples: int) -> np.ndarray:
+    """``waveform`` cut or zero-padded at the end to ``num_samples``, as
+    ``librosa.util.fix_length`` (without importing librosa, whose first use compiles numba
+    functions for about a second)."""
+    if len(waveform) >= num_samples:
+        return waveform[:num_samples]
+    return np.pad(waveform, (0, num_samples - len(waveform)))
 
 
 def stream_waveform(path: str | Path, sample_rate_hz: int, block_s: float = 60.0
@@ -256,6 +279,8 @@ def cut_windows(waveform: tf.Tensor, audio: AudioConfig) -> tuple[tf.Tensor, tf.
         ``(windows, start_s)``: float32 ``[num_windows, window_samples]`` and the start time of
         each window in seconds ``[num_windows]``.
     """
+    import tensorflow as tf
+
     waveform = tf.convert_to_tensor(waveform, tf.float32)
     window, hop = audio.window_samples, audio.hop_samples
     num_samples = tf.shape(waveform)[0]
@@ -273,6 +298,8 @@ def cut_windows(waveform: tf.Tensor, audio: AudioConfig) -> tuple[tf.Tensor, tf.
 
 def pad_to_length(waveform: tf.Tensor, length: tf.Tensor, pad_mode: str) -> tf.Tensor:
     """Pads (``"zeros"``) or tiles (``"repeat"``) ``waveform`` to at least ``length`` samples."""
+    import tensorflow as tf
+
     num_samples = tf.shape(waveform)[0]
     if pad_mode == "repeat":
         repeats = (length + num_samples - 1) // tf.maximum(num_samples, 1)
