@@ -212,3 +212,15 @@ def test_ingest_undoes_tensorflows_generator_malloc_setting():
     patched, restored = map(int, done.stdout.split()[-2:])
     assert patched > 40 * 500  # About 1,024 pages per 4-MB array under the patch.
     assert restored < patched / 20
+
+
+def test_random_selection_reports_a_broken_file_as_a_failure(tmp_path):
+    data = tmp_path / "data"
+    write_wav(data / "a1.wav", 12.0)
+    (data / "broken.wav").write_bytes(b"RIFF" + b"\x00" * 100)
+    (data / "list.csv").write_text("filename,label\na1.wav,a\nbroken.wav,a\n")
+    cfg = tiny_config(tmp_path, data={"max_failures": 1, "window_selection": "random",
+                                      "windows_per_recording": 2})
+    manifest = ingest.ingest(cfg, data / "list.csv", tmp_path / "records", progress=False)
+    assert manifest["failures"]["count"] == 1
+    assert sum(s["examples"] for s in manifest["splits"].values()) == 2

@@ -530,7 +530,9 @@ def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None
 
     def to_features(position, windows, start_s, index, num_windows, audio_s, error, last, seed):
         if cfg.data.window_selection == "random":
-            chosen = random_window_index(num_windows, cfg.data.windows_per_recording, seed)
+            # A failed recording's last element has num_windows -1 and no windows.
+            chosen = random_window_index(tf.maximum(num_windows, 0),
+                                         cfg.data.windows_per_recording, seed)
             keep = tf.reduce_any(index[:, None] == chosen[None, :], axis=1)
             windows, start_s = tf.boolean_mask(windows, keep), tf.boolean_mask(start_s, keep)
         if cfg.data.store == records.PCM:
