@@ -3,4 +3,5 @@ import sys
 
 from tfbird.cli import main
 
-sys.exit(main(["export", *sys.argv[1:]]))
+if __name__ == "__main__":  # Guarded: ingest starts decode worker processes (spawn).
+    sys.exit(main(["export", *sys.argv[1:]]))
