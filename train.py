@@ -3,5 +3,4 @@ import sys
 
 from tfbird.cli import main
 
-if __name__ == "__main__":  # Guarded: ingest starts decode worker processes (spawn).
-    sys.exit(main(["train", *sys.argv[1:]]))
+sys.exit(main(["train", *sys.argv[1:]]))

@@ -159,9 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "(pip install 'tfbird[dask]'; workers must see the same paths)")
     ingest.add_argument("--dask-local", type=int, default=0, metavar="N",
                         help="send the shards to a local Dask cluster of N worker processes")
-    ingest.add_argument("--decode-processes", type=int, metavar="N",
-                        help="worker processes that decode the recordings (default: one per "
-                             "core on 2+ cores, none on 1; 0 decodes in tf.data's threads)")
     ingest.add_argument("--restart", action="store_true",
                         help="rewrite this run's shards instead of resuming finished ones")
     ingest.set_defaults(command=run_ingest)
@@ -495,8 +492,7 @@ def run_ingest(args) -> int:
         manifest = ingest.ingest(cfg, args.data, args.out, progress=not args.quiet,
                                  resume=not args.restart, workers=args.workers,
                                  worker_index=args.worker_index,
-                                 dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
-                                 decode_processes=args.decode_processes)
+                                 dask_scheduler=args.dask_scheduler, dask_local=args.dask_local)
     except ingest.TooManyFailures as error:
         print_ingest_summary(error.manifest, args.out)
         raise

@@ -1,10 +1,10 @@
 """Recordings -> log-mel windows -> TFRecord shards and ``manifest.json``.
 
 The work runs as one tf.data pipeline over the file list: decode and resample each file in
-parallel (soundfile + soxr, in worker processes on 2 or more cores: ``decoding.DecodePool``;
-else in tf.data's threads), cut windows, keep all, the first N or a seeded random N of them
-(``data.window_selection``), and compute log-mels in-graph with the same ``LogMelSpectrogram``
-layer the exported model carries, while the previous file's windows are written.
+parallel (``tf.numpy_function`` around soundfile + soxr, which release the GIL), cut windows,
+keep all, the first N or a seeded random N of them (``data.window_selection``), and compute
+log-mels in-graph with the same ``LogMelSpectrogram`` layer the exported model carries, while
+the previous file's windows are written.
 
 Every input file ends up in exactly one of ``ingested.csv`` (with its window count) or
 ``failures.csv`` (with its reason): files the catalog refuses (a path outside the data root,
@@ -44,6 +44,7 @@ import ctypes.util
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import sys
 import time
@@ -56,15 +57,22 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfbird import catalog, config, decoding, distribute, records
+from tfbird import catalog, config, distribute, records
 from tfbird import labels as labels_lib
 from tfbird.artifacts import LABELS_FILE, write_atomically
 from tfbird.backbones import load_backbone
 from tfbird.records import MANIFEST
 from tfbird.records import read_manifest  # noqa: F401  (kept as ingest.read_manifest)
-from tfbird.decoding import recording_elements, recording_window_blocks  # noqa: F401
 from tfbird.frontend import build_frontend
-from tfbird.waveform import failure_reason
+from tfbird.waveform import (
+    CountedBlocks,
+    count_samples,
+    count_windows,
+    decode_error_message,
+    failure_reason,
+    stream_cut_windows,
+    stream_waveform,
+)
 
 FAILURES = "failures.csv"
 INGESTED = "ingested.csv"
@@ -99,8 +107,7 @@ class ShardPlan:
 
 def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: bool = True,
            resume: bool = True, workers: int = 1, worker_index: int = 0,
-           dask_scheduler: str | None = None, dask_local: int = 0,
-           decode_processes: int | None = None) -> dict:
+           dask_scheduler: str | None = None, dask_local: int = 0) -> dict:
     """Ingests a data set into sharded TFRecords under ``out_dir``.
 
     Args:
@@ -118,9 +125,6 @@ def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: 
             workers write the shards (``write_shards_on_dask``); ``None``: not used.
         dask_local: start a local Dask cluster of this many worker processes instead; 0: not
             used. Neither goes with ``workers > 1``.
-        decode_processes: worker processes that decode the recordings (``write_shards``;
-            default one per core on 2 or more cores, none on 1; 0: in tf.data's threads). Dask
-            workers decode in their own threads.
 
     Returns:
         The manifest (also written to ``out_dir/manifest.json``), with ``complete: True``;
@@ -153,7 +157,7 @@ def ingest(cfg: config.Config, data: str | Path, out_dir: str | Path, progress: 
         write_shards_on_dask(cfg, todo, labels, out_dir, fingerprint, progress, dask_scheduler,
                              dask_local)
     else:
-        write_shards(cfg, todo, labels, out_dir, fingerprint, progress, decode_processes)
+        write_shards(cfg, todo, labels, out_dir, fingerprint, progress)
 
     sidecars = {shard.name: read_sidecar(out_dir, shard.name, fingerprint) for shard in plan}
     if not all(sidecars.values()):
@@ -257,12 +261,8 @@ def read_sidecar(out_dir: Path, shard_name: str, fingerprint: str) -> dict | Non
 
 
 def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str], out_dir: Path,
-                 fingerprint: str, progress: bool, decode_processes: int | None = None) -> None:
+                 fingerprint: str, progress: bool) -> None:
     """Writes each shard, then its sidecar; both atomically, the shard first.
-
-    ``decode_processes`` worker processes decode the recordings (``decoding.DecodePool``;
-    default ``decoding.default_decode_processes()``: one per core on 2 or more cores, none on
-    1); 0 decodes in tf.data's threads. The records are the same either way.
 
     Recordings are decoded several at a time and their blocks arrive interleaved
     (``window_dataset``). A recording's windows reach its shard only once all of it decoded:
@@ -308,7 +308,7 @@ def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
         for index in [i for i, count in enumerate(remaining) if count == 0]:
             finish_shard(index)
         blocks = iterate_windows(rows["path"].tolist(), cfg, rows["filename"].tolist(),
-                                 [len(s.rows) for s in shards], decode_processes)
+                                 [len(s.rows) for s in shards])
         # disable=None: tqdm stays quiet when stderr is not a terminal (logs, cluster jobs).
         with tqdm(total=len(rows), unit="file", desc="ingest",
                   disable=None if progress else True) as bar:
@@ -389,10 +389,8 @@ def write_shards_on_dask(cfg: config.Config, shards: list[ShardPlan], labels: li
 def write_shard(cfg: config.Config, shard: ShardPlan, labels: list[str], out_dir: Path,
                 fingerprint: str) -> str:
     """One Dask task of ``write_shards_on_dask``: writes ``shard`` and its sidecar on a
-    worker (``write_shards``, no progress bar, decoding in the worker's own threads: it has
-    its share of the cores already). Returns the shard's name."""
-    write_shards(cfg, [shard], labels, out_dir, fingerprint, progress=False,
-                 decode_processes=0)
+    worker (``write_shards``, no progress bar). Returns the shard's name."""
+    write_shards(cfg, [shard], labels, out_dir, fingerprint, progress=False)
     return shard.name
 
 
@@ -438,9 +436,68 @@ def random_window_index(num_windows: tf.Tensor, count: int, seed: tf.Tensor) -> 
     return tf.sort(shuffled[:tf.minimum(num_windows, count)])
 
 
+def recording_window_blocks(path: str, cfg: config.Config) -> Iterator[tuple]:
+    """One recording's windows, block by block (numpy; may raise ``AudioDecodeError``).
+
+    The recording is streamed (``stream_waveform``, blocks of ``data.decode_block_s``) and
+    cut by ``stream_cut_windows``, so only one block is held, however long it is. With
+    ``first`` selection, decoding stops after the windows kept. With ``random`` selection the
+    number of windows must be known first: a recording of several blocks is decoded once
+    more without resampling to count its samples.
+
+    Yields:
+        ``(windows float32 [k, window_samples], start_s [k], index int64 [k], num_windows,
+        audio_s)``: ``index`` numbers the windows in the recording, ``num_windows`` is their
+        total (-1 unless ``random``), ``audio_s`` the seconds decoded for this block.
+    """
+    audio, data = cfg.audio, cfg.data
+    decoded = stream_waveform(path, audio.sample_rate_hz, data.decode_block_s)
+    num_windows = -1
+    if data.window_selection == "random":
+        first_blocks = list(itertools.islice(decoded, 2))
+        num_samples = (len(first_blocks[0]) if len(first_blocks) == 1
+                       else count_samples(path, audio.sample_rate_hz, data.decode_block_s))
+        num_windows = count_windows(num_samples, audio)
+        decoded = itertools.chain(first_blocks, decoded)
+    limit = data.windows_per_recording if data.window_selection == "first" else None
+    blocks = CountedBlocks(decoded)
+    index, reported = 0, 0
+    for windows, start_s in stream_cut_windows(blocks, audio):
+        if limit is not None:
+            windows, start_s = windows[:limit - index], start_s[:limit - index]
+        yield (windows, start_s, np.arange(index, index + len(windows)), num_windows,
+               np.float32((blocks.num_samples - reported) / audio.sample_rate_hz))
+        index, reported = index + len(windows), blocks.num_samples
+        if limit is not None and index >= limit:
+            return
+
+
+def recording_elements(path: bytes, cfg: config.Config) -> Iterator[tuple]:
+    """``recording_window_blocks`` as tf.data elements that never raise: each block gets
+    ``error`` (empty, or the failure message) and ``last`` (True on the recording's final
+    element). A failure yields one more element: no windows, the error, ``last``."""
+    previous = None
+    try:
+        for block in recording_window_blocks(path.decode("utf-8"), cfg):
+            if previous is not None:
+                yield (*previous, b"", False)
+            previous = block
+    except Exception as error:  # Reported per file by the caller, never dropped.
+        if previous is not None:
+            yield (*previous, b"", False)
+        window = cfg.audio.window_samples
+        yield (np.zeros([0, window], np.float32), np.zeros([0], np.float32),
+               np.zeros([0], np.int64), -1, np.float32(0), decode_error_message(error).encode(),
+               True)
+        return
+    if previous is None:  # Cannot happen for audio (>= 1 window); keep the stream well formed.
+        previous = (np.zeros([0, cfg.audio.window_samples], np.float32),
+                    np.zeros([0], np.float32), np.zeros([0], np.int64), -1, np.float32(0))
+    yield (*previous, b"", True)
+
+
 def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None = None,
-                   group_sizes: list[int] | None = None,
-                   pool: decoding.DecodePool | None = None) -> tf.data.Dataset:
+                   group_sizes: list[int] | None = None) -> tf.data.Dataset:
     """tf.data pipeline: paths -> blocks ``(position, feature, start_s, audio_s, error, last)``.
 
     ``position`` is the recording's index in ``paths``. ``feature`` is ``[windows, frames,
@@ -456,8 +513,6 @@ def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None
     shards) interleaved one after the other, so the order of a group's blocks depends on its
     own recordings only: a shard written alone (``--workers``, Dask) equals the same shard
     written among all. ``names`` (default ``paths``) seed the random window choice of each file.
-    ``pool`` (an entered ``decoding.DecodePool``; default none) decodes the recordings in
-    worker processes; it must stay open while the dataset is iterated.
     """
     restore_malloc_thresholds()
     frontend = build_frontend(cfg.audio, cfg.frontend)
@@ -468,9 +523,9 @@ def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None
                  tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.bool))
 
     def recording_blocks(position, path, seed):
-        elements = recording_elements if pool is None else pool.recording_elements
         blocks = tf.data.Dataset.from_generator(
-            functools.partial(elements, cfg=cfg), args=(path,), output_signature=signature)
+            functools.partial(recording_elements, cfg=cfg), args=(path,),
+            output_signature=signature)
         return blocks.map(lambda *block: (position, *block, seed))
 
     def to_features(position, windows, start_s, index, num_windows, audio_s, error, last, seed):
@@ -527,25 +582,20 @@ def restore_malloc_thresholds() -> bool:
 
 
 def iterate_windows(paths: list[str], cfg: config.Config, names: list[str] | None = None,
-                    group_sizes: list[int] | None = None, decode_processes: int | None = None
+                    group_sizes: list[int] | None = None
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, float, str, bool]]:
     """Yields the blocks of ``window_dataset`` as numpy values, with a ``str`` error. With
     ``data.store: embedding`` the windows are embedded here (float16 ``[windows, dim]``) by
-    ``model.backbone``, while tf.data decodes the next recordings. ``decode_processes``:
-    worker processes that decode (default ``decoding.default_decode_processes()``; 0: none)."""
+    ``model.backbone``, while tf.data decodes the next recordings."""
     if not paths:
         return
     embed = (load_backbone(cfg.model).embed if cfg.data.store == records.EMBEDDING
              else None)
-    if decode_processes is None:
-        decode_processes = decoding.default_decode_processes()
-    with decoding.DecodePool(decode_processes) as pool:
-        for position, feature, start_s, audio_s, error, last in window_dataset(
-                paths, cfg, names, group_sizes, pool).as_numpy_iterator():
-            if embed is not None:
-                feature = embed(feature).astype(np.float16)
-            yield (int(position), feature, start_s, float(audio_s), error.decode("utf-8"),
-                   bool(last))
+    for position, feature, start_s, audio_s, error, last in window_dataset(
+            paths, cfg, names, group_sizes).as_numpy_iterator():
+        if embed is not None:
+            feature = embed(feature).astype(np.float16)
+        yield int(position), feature, start_s, float(audio_s), error.decode("utf-8"), bool(last)
 
 
 def build_manifest(cfg: config.Config, data, labels: list[str], splits: dict,
