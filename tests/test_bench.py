@@ -3,6 +3,8 @@
 import numpy as np
 import PIL.Image
 import pytest
+import soundfile
+from conftest import tiny_config
 
 from tfbird import bench, config
 
@@ -159,3 +161,27 @@ def test_embed_section_reports_both_realtime_factors_and_the_licence():
     assert "| decode + resample + windows | 3 | 0.50 | 600 | 6.0 | 300x |" in section
     assert "| ... + embedding | 3 | 0.50 | 600 | 30.0 | 60x |" in section
     assert "CC BY-NC-SA 4.0" in section
+
+
+def test_ingest_section_gives_the_stage_breakdown_with_shares():
+    seconds = {"tfbird": 20.0, "librosa": 60.0, "floor_1": 20.0, "floor_2": 10.0}
+    stages = {"files": 4, "audio_s": 1800.0, "in_process": 5.0,
+              "seconds": {"startup": 9.0, "decode": 2.0, "resample": 1.0, "framing": 0.25,
+                          "logmel": 0.5, "serialise": 0.125, "write": 0.125}}
+    section = bench.format_ingest_section("Ingest", {"files": 10, "audio_s": 36000.0,
+                                                     "repeats": 1, "seconds": seconds,
+                                                     "stages": stages}, "cmd")
+    assert "over 4 distinct files (0.50 h)" in section
+    assert "| decode + downmix (soundfile, `read_mono`) | 2.00 | 50% |" in section
+    assert "| sum of the work stages | 4.00 | 100% |" in section
+    assert "in-process (warm) | 5.00 |" in section
+
+
+def test_ingest_stage_seconds_times_every_stage(tmp_path):
+    path = tmp_path / "tone.wav"
+    soundfile.write(path, np.sin(np.arange(22050 * 6) / 10.0).astype(np.float32), 22050)
+    cfg = tiny_config(tmp_path)
+    stages = bench.ingest_stage_seconds([path], cfg)
+    assert stages["files"] == 1 and abs(stages["audio_s"] - 6.0) < 1e-3
+    assert set(stages["seconds"]) == {name for name, _ in bench.INGEST_STAGES}
+    assert all(value > 0 for value in stages["seconds"].values()) and stages["in_process"] > 0

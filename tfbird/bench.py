@@ -43,7 +43,7 @@ import tensorflow as tf
 from tfbird import catalog, config, dataset, records, training
 from tfbird import model as model_lib
 from tfbird.frontend import build_frontend
-from tfbird.waveform import load_waveform
+from tfbird.waveform import load_waveform, open_sound, read_mono, resample, stream_cut_windows
 
 
 def median_seconds(function, repeats: int, warm_up=None) -> float:
@@ -174,7 +174,8 @@ def bench_ingest(sources: list[Path], cfg: config.Config, repeats: int = 3,
     ``sources``: ``tfbird ingest`` (2 cores, and 1 core with ``taskset``), the librosa loop in
     one process (the same on 1 core), and the decode + resample floor in 1 and 2 processes.
     The paths run one after the other within each repeat, so they share the machine's
-    state; each ``tfbird ingest`` writes a fresh records folder, deleted once timed."""
+    state; each ``tfbird ingest`` writes a fresh records folder, deleted once timed. Then
+    ``stages`` breaks the work down on one copy of the files (``ingest_stage_seconds``)."""
     from tfbird import analyze
 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout="folders"))
@@ -198,9 +199,92 @@ def bench_ingest(sources: list[Path], cfg: config.Config, repeats: int = 3,
                 shutil.rmtree(work / "records", ignore_errors=True)
                 print(f"bench ingest: repeat {repeat + 1}/{repeats} {name} "
                       f"{seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
+        stages = ingest_stage_seconds([link for link in links if link.name.startswith("000-")],
+                                      cfg)
     return {"files": len(links), "audio_s": audio_s, "repeats": repeats,
             "seconds": {name: statistics.median(values) for name, values in seconds.items()},
-            "all_seconds": seconds}
+            "all_seconds": seconds, "stages": stages}
+
+
+INGEST_STAGES = [
+    ("startup", "process start-up (`import tfbird.ingest`, TensorFlow included), a fresh process"),
+    ("decode", "decode + downmix (soundfile, `read_mono`)"),
+    ("resample", "resample to the model rate (soxr HQ)"),
+    ("framing", "cut 5-s windows (`stream_cut_windows`)"),
+    ("logmel", "log-mel (`LogMelSpectrogram`, one call per recording's windows)"),
+    ("serialise", "`records.to_example` per window"),
+    ("write", "`TFRecordWriter.write`"),
+]
+
+
+def ingest_stage_seconds(paths: list[Path], cfg: config.Config) -> dict:
+    """Seconds of each stage of ingest over ``paths``, one stage and one file after the
+    other in this process (no overlap, no threads), so they add up to the work one core does.
+
+    ``in_process`` is ``ingest.ingest`` of the same files in this process (warm), for the
+    pipeline's own cost (tf.data, per-file bookkeeping) beyond the sum of the stages.
+    """
+    from tfbird import ingest
+
+    startup = wall_seconds([sys.executable, "-c", "import tfbird.ingest"])
+    frontend = build_frontend(cfg.audio, cfg.frontend)
+    log_mel = tf.function(lambda x: tf.cast(frontend(x), tf.float16), input_signature=[
+        tf.TensorSpec([None, cfg.audio.window_samples], tf.float32)])
+    log_mel(np.zeros([1, cfg.audio.window_samples], np.float32))
+    seconds = {name: 0.0 for name, _ in INGEST_STAGES} | {"startup": startup}
+    audio_s = 0.0
+    with tempfile.TemporaryDirectory(prefix="tfbird-bench-stages-") as work:
+        writer = tf.io.TFRecordWriter(str(Path(work) / "stages.tfrecord"))
+        for path in paths:
+            started = time.perf_counter()
+            with open_sound(path) as sound:
+                mono, rate = read_mono(sound), sound.samplerate
+            seconds["decode"] += time.perf_counter() - started
+            started = time.perf_counter()
+            waveform = resample(mono, rate, cfg.audio.sample_rate_hz)
+            seconds["resample"] += time.perf_counter() - started
+            audio_s += len(waveform) / cfg.audio.sample_rate_hz
+            started = time.perf_counter()
+            windows = np.concatenate([w for w, _ in stream_cut_windows([waveform], cfg.audio)])
+            seconds["framing"] += time.perf_counter() - started
+            started = time.perf_counter()
+            features = log_mel(windows).numpy()
+            seconds["logmel"] += time.perf_counter() - started
+            started = time.perf_counter()
+            labels = np.zeros(2, np.float32)
+            examples = [records.to_example(f, labels, path.name, 0.0) for f in features]
+            seconds["serialise"] += time.perf_counter() - started
+            started = time.perf_counter()
+            for example in examples:
+                writer.write(example)
+            seconds["write"] += time.perf_counter() - started
+        writer.close()
+        corpus = Path(work) / "corpus"
+        for index, path in enumerate(paths):  # One class folder of links to the files.
+            link = corpus / "all" / f"{index:05d}-{Path(path).name}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(path).resolve())
+        started = time.perf_counter()
+        ingest.ingest(dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, layout="folders", max_failures=len(paths))), corpus,
+            Path(work) / "records", progress=False)
+        in_process = time.perf_counter() - started
+    return {"files": len(paths), "audio_s": audio_s, "seconds": seconds,
+            "in_process": in_process}
+
+
+def format_stage_table(stages: dict) -> str:
+    """The breakdown of ``ingest_stage_seconds`` as a Markdown table with shares."""
+    seconds = stages["seconds"]
+    work = sum(v for k, v in seconds.items() if k != "startup")
+    rows = "\n".join(f"| {label} | {seconds[name]:.2f} | "
+                     f"{'' if name == 'startup' else f'{seconds[name] / work:.0%}'} |"
+                     for name, label in INGEST_STAGES)
+    return (f"Stages, one after the other in one process, over {stages['files']} distinct files "
+            f"({stages['audio_s'] / 3600:.2f} h):\n\n| stage | seconds | share of the work |\n"
+            f"|---|---|---|\n{rows}\n| sum of the work stages | {work:.2f} | 100% |\n"
+            f"| `ingest.ingest` of the same files in-process (warm) | {stages['in_process']:.2f} "
+            f"| |\n")
 
 
 INGEST_ROWS = [
@@ -238,7 +322,8 @@ def format_ingest_section(title: str, result: dict, command: str) -> str:
             f"(symbolic links to the real recordings, repeated), {audio_s / 3600:.1f} h of audio; "
             f"median of {result['repeats']} runs, the paths run one after the other in each.\n\n"
             f"| path | seconds | realtime factor |\n|---|---|---|\n{table}\n\n"
-            + "\n".join(lines) + "\n")
+            + "\n".join(lines) + "\n"
+            + (f"\n{format_stage_table(result['stages'])}" if "stages" in result else ""))
 
 
 def format_section(title: str, result: dict, what: str, repeats: int) -> str:
