@@ -202,3 +202,21 @@ def test_every_configurable_image_backbone_has_a_constructor():
     assert tuple(model_lib.IMAGE_BACKBONES) == config.IMAGE_BACKBONES
     with pytest.raises(ValueError, match="Received: backbone='birdnet'"):
         model_lib.build_backbone("none", (32, 32, 3), name="birdnet")
+
+
+def test_clip_statistics_are_the_per_mel_mean_and_mean_square_of_the_standardised_log_mel():
+    classifier = model_lib.build_classifier(
+        ModelConfig(image_size=(32, 32), clip_statistics=True), 3, (40, 32))
+    x = np.random.default_rng(3).normal(5.0, 2.0, size=(2, 40, 32)).astype("float32")
+    stats = keras.Model(classifier.input, classifier.get_layer("statistics").output)(x)
+    standardized = (x - x.mean(axis=(1, 2), keepdims=True)) / x.std(axis=(1, 2), keepdims=True)
+    expected = np.concatenate([standardized.mean(axis=1), (standardized ** 2).mean(axis=1)], 1)
+    np.testing.assert_allclose(stats, expected, atol=1e-3)
+    # Beside the backbone's 2048 pooled features, into the logits.
+    assert classifier.get_layer("logits").input.shape == (None, 2048 + 2 * 32)
+    assert classifier(x).shape == (2, 3)
+
+
+def test_clip_statistics_need_the_gap_head():
+    with pytest.raises(ValueError, match="model.clip_statistics"):
+        ModelConfig(head="sed", clip_statistics=True).validate()

@@ -299,6 +299,10 @@ class ModelConfig:
         task: ``"multilabel"`` (a sigmoid per class, binary losses, multi-hot targets) or
             ``"multiclass"`` (one softmax over the classes, categorical cross-entropy, the
             primary label as target; see ``tfbird.dataset.read_targets``). ``gap`` head only.
+        clip_statistics: ``gap`` head: the logits also read the per-mel mean and mean square
+            over time of the standardised log-mel (``model.time_statistics``), beside the
+            backbone's pooled features: the average spectrum of stationary sounds, which a
+            network trained from scratch on few clips learns slowly (BENCHMARKS.md).
     """
 
     backbone: str = "resnet50"
@@ -314,6 +318,7 @@ class ModelConfig:
     sed_clip_pooling: str = "probability"
     frontend_in_model: bool = False
     task: str = "multilabel"
+    clip_statistics: bool = False
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -323,6 +328,8 @@ class ModelConfig:
         _require(self.bn_momentum is None or 0.0 <= self.bn_momentum < 1.0,
                  "model.bn_momentum", self.bn_momentum)
         _require(self.head in MODEL_HEADS, "model.head", self.head)
+        _require(not self.clip_statistics or self.head == "gap", "model.clip_statistics",
+                 self.clip_statistics)
         _require(self.sed_gru_units >= 0, "model.sed_gru_units", self.sed_gru_units)
         _require(self.sed_clip_pooling in SED_CLIP_POOLINGS, "model.sed_clip_pooling",
                  self.sed_clip_pooling)

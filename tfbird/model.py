@@ -68,6 +68,7 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     x = keras.layers.Reshape((*input_shape, 1), name="add_channel")(inputs)
     x = keras.layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False,
                                         name="standardize")(x)
+    standardized = x
     if image_size != tuple(input_shape):
         x = resize_image(x, tuple(input_shape), image_size)
     x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
@@ -84,9 +85,31 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
         logits = sed_head(x, num_classes, model_cfg.dropout, model_cfg.sed_gru_units,
                           model_cfg.sed_clip_pooling)
     else:
+        if model_cfg.clip_statistics:
+            stats = time_statistics(standardized, tuple(input_shape), model_cfg.bn_momentum)
+            x = keras.layers.Concatenate(name="with_statistics")([x, stats])
         x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name="tfbird_classifier")
+
+
+def time_statistics(standardized, input_shape: tuple[int, int],
+                    bn_momentum: float | None = None):
+    """Per-mel mean and mean square over time of the standardised log-mel ``[batch, frames,
+    mels, 1]`` -> ``[batch, 2 * mels]``, each feature batch-normalised (``model.clip_statistics``).
+
+    What a linear model on log-mel statistics reads: the average spectrum tells stationary
+    sounds (rain, engines, waves) apart, which a CNN trained from scratch on few clips learns
+    slowly. Builtin layers only, so the model still converts to TFLite builtins.
+    """
+    frames = keras.layers.Reshape(input_shape, name="statistics_frames")(standardized)
+    mean = keras.layers.GlobalAveragePooling1D(name="statistics_mean")(frames)
+    square = keras.layers.Multiply(name="statistics_square")([frames, frames])
+    mean_square = keras.layers.GlobalAveragePooling1D(name="statistics_mean_square")(square)
+    stats = keras.layers.Concatenate(name="statistics")([mean, mean_square])
+    momentum = 0.99 if bn_momentum is None else bn_momentum
+    return keras.layers.BatchNormalization(momentum=momentum,
+                                           name="statistics_standardize")(stats)
 
 
 def build_embedding_head(model_cfg: ModelConfig, num_classes: int,
