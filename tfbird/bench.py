@@ -364,7 +364,13 @@ CV_TITLE = "Cross-validation: accuracy on real labelled clips"
 
 def cv_title(backbone: str = "resnet50") -> str:
     """The ``bench cv`` section of a backbone: one section each in BENCHMARKS.md."""
-    return CV_TITLE if backbone == "resnet50" else f"{CV_TITLE}, a head on {backbone} embeddings"
+    from tfbird.config import EMBEDDING_BACKBONES
+
+    if backbone == "resnet50":
+        return CV_TITLE
+    if backbone in EMBEDDING_BACKBONES:
+        return f"{CV_TITLE}, a head on {backbone} embeddings"
+    return f"{CV_TITLE}, {backbone} from log-mels"
 
 
 def format_cv_section(summary: dict, command: str, backbone: str = "resnet50") -> str:

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from tfbird import labels as labels_lib
-from tfbird.config import DATA_LAYOUTS, IGNORED_LABELS
+from tfbird.config import DATA_LAYOUTS, EMBEDDING_BACKBONES, IGNORED_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,10 @@ def default_records_dir(data: str | Path, valid_fold: int | str | None = None,
                         backbone: str = "resnet50") -> Path:
     """``records/<data set name>``, or ``records/<name>-fold<K>`` with a validation fold:
     where ``train --data`` and ``cv`` write a data set's records when not told. Records of
-    a pretrained ``backbone``'s embeddings get its name: ``records/<name>-birdnet-fold<K>``."""
-    name = data_set_name(data) + ("" if backbone == "resnet50" else f"-{backbone}")
+    a pretrained ``backbone``'s embeddings get its name: ``records/<name>-birdnet-fold<K>``;
+    log-mel records serve every image backbone (``resnet50``, ``mobilenetv3small``, ...)."""
+    embedding = backbone in EMBEDDING_BACKBONES
+    name = data_set_name(data) + (f"-{backbone}" if embedding else "")
     return Path(records_root) / (name if valid_fold is None else f"{name}-fold{valid_fold}")
 
 

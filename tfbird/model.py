@@ -37,7 +37,13 @@ from tfbird.config import AudioConfig, AugmentConfig, FrontendConfig, ModelConfi
 from tfbird.frontend import build_frontend
 
 SED_PROBABILITY_EPSILON = 1e-7
-BACKBONE_NAME = "resnet50"  # keras.applications.ResNet50's model name
+# config.IMAGE_BACKBONES: the keras.applications constructor and its options.
+IMAGE_BACKBONES = {
+    "resnet50": (keras.applications.ResNet50, {}),
+    "mobilenetv3small": (keras.applications.MobileNetV3Small, {"include_preprocessing": False}),
+    "mobilenetv3large": (keras.applications.MobileNetV3Large, {"include_preprocessing": False}),
+    "efficientnetv2b0": (keras.applications.EfficientNetV2B0, {"include_preprocessing": False}),
+}
 IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
                       + IMAGENET_NOTOP_FILE)
@@ -62,23 +68,48 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int,
     x = keras.layers.Reshape((*input_shape, 1), name="add_channel")(inputs)
     x = keras.layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False,
                                         name="standardize")(x)
+    standardized = x
     if image_size != tuple(input_shape):
         x = resize_image(x, tuple(input_shape), image_size)
     x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
     pooling = "avg" if model_cfg.head == "gap" else None
-    backbone = build_backbone(model_cfg.weights, (*image_size, 3), pooling=pooling)
+    backbone = build_backbone(model_cfg.weights, (*image_size, 3), pooling=pooling,
+                              name=model_cfg.backbone)
     if model_cfg.bn_momentum is not None:
         set_batch_norm_momentum(backbone, model_cfg.bn_momentum)
-    if model_cfg.zero_init_residual and model_cfg.weights == "none":
+    if (model_cfg.zero_init_residual and model_cfg.weights == "none"
+            and model_cfg.backbone == "resnet50"):
         zero_init_residual_branches(backbone)
     x = backbone(x)
     if model_cfg.head == "sed":
         logits = sed_head(x, num_classes, model_cfg.dropout, model_cfg.sed_gru_units,
                           model_cfg.sed_clip_pooling)
     else:
+        if model_cfg.clip_statistics:
+            stats = time_statistics(standardized, tuple(input_shape), model_cfg.bn_momentum)
+            x = keras.layers.Concatenate(name="with_statistics")([x, stats])
         x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name="tfbird_classifier")
+
+
+def time_statistics(standardized, input_shape: tuple[int, int],
+                    bn_momentum: float | None = None):
+    """Per-mel mean and mean square over time of the standardised log-mel ``[batch, frames,
+    mels, 1]`` -> ``[batch, 2 * mels]``, each feature batch-normalised (``model.clip_statistics``).
+
+    What a linear model on log-mel statistics reads: the average spectrum tells stationary
+    sounds (rain, engines, waves) apart, which a CNN trained from scratch on few clips learns
+    slowly. Builtin layers only, so the model still converts to TFLite builtins.
+    """
+    frames = keras.layers.Reshape(input_shape, name="statistics_frames")(standardized)
+    mean = keras.layers.GlobalAveragePooling1D(name="statistics_mean")(frames)
+    square = keras.layers.Multiply(name="statistics_square")([frames, frames])
+    mean_square = keras.layers.GlobalAveragePooling1D(name="statistics_mean_square")(square)
+    stats = keras.layers.Concatenate(name="statistics")([mean, mean_square])
+    momentum = 0.99 if bn_momentum is None else bn_momentum
+    return keras.layers.BatchNormalization(momentum=momentum,
+                                           name="statistics_standardize")(stats)
 
 
 def build_embedding_head(model_cfg: ModelConfig, num_classes: int,
@@ -296,11 +327,17 @@ def zero_init_residual_branches(backbone: keras.Model) -> None:
 
 
 def build_backbone(weights: str, image_shape: tuple[int, int, int],
-                   pooling: str | None = "avg") -> keras.Model:
-    """``ResNet50(include_top=False, pooling=pooling)`` with ``weights`` none|imagenet|PATH.
+                   pooling: str | None = "avg", name: str = "resnet50") -> keras.Model:
+    """The ``keras.applications`` network ``name`` (``config.IMAGE_BACKBONES``) with
+    ``include_top=False``, ``pooling`` and ``weights`` none|imagenet|PATH, under Keras' own
+    model name (``resnet50``, ``MobileNetV3Small``, ``efficientnetv2-b0``). MobileNetV3's and EfficientNetV2's built-in input rescaling is off: the
+    classifier feeds them a standardised log-mel, not 0-255 pixels.
 
-    ``pooling=None`` returns the feature map ``[batch, height / 32, width / 32, 2048]``.
+    ``pooling=None`` returns the feature map ``[batch, height / 32, width / 32, channels]``.
     """
+    if name not in IMAGE_BACKBONES:
+        raise ValueError(f"model.backbone must be one of {list(IMAGE_BACKBONES)} for a log-mel "
+                         f"classifier. Received: backbone={name!r}")
     if weights == "none":
         keras_weights = None
     elif weights == "imagenet":
@@ -309,25 +346,34 @@ def build_backbone(weights: str, image_shape: tuple[int, int, int],
         keras_weights = str(weights)
     else:
         raise ValueError(
-            "model.weights must be 'none', 'imagenet' or the path of a ResNet50 "
+            f"model.weights must be 'none', 'imagenet' or the path of a {name} "
             f"include_top=False weights file. Received: weights={weights!r}")
+    application, options = IMAGE_BACKBONES[name]
     try:
-        return keras.applications.ResNet50(include_top=False, weights=keras_weights,
-                                           input_shape=image_shape, pooling=pooling)
+        return application(include_top=False, weights=keras_weights, input_shape=image_shape,
+                           pooling=pooling, **options)
     except Exception as error:
         if weights != "imagenet":
             raise ValueError(f"Could not load backbone weights from {weights}: {error}. "
                              f"Received: weights={weights!r}") from error
+        where = (f"Download {IMAGENET_NOTOP_URL}" if name == "resnet50"
+                 else f"Download Keras' {name} include_top=False ImageNet weights")
         raise ValueError(
-            "Could not download the ImageNet weights for ResNet50 (is this machine offline?). "
-            f"Download {IMAGENET_NOTOP_URL} where there is network and pass the file with "
+            f"Could not download the ImageNet weights for {name} (is this machine offline?). "
+            f"{where} where there is network and pass the file with "
             f"--weights PATH (or model.weights: PATH), or put it in ~/.keras/models/. "
             f"Cause: {error}. Received: weights='imagenet'") from error
 
 
 def set_backbone_trainable(classifier: keras.Model, trainable: bool) -> None:
-    """Freezes (``False``) or unfreezes the ResNet50 inside ``classifier``; the head stays
+    """Freezes (``False``) or unfreezes the backbone inside ``classifier``; the head stays
     trainable. A frozen backbone's batch norms run in inference mode (Keras 3: a
     ``BatchNormalization`` with ``trainable=False`` uses and keeps its moving statistics).
     Recompile the classifier afterwards."""
-    logmel_classifier(classifier).get_layer(BACKBONE_NAME).trainable = trainable
+    backbone_of(classifier).trainable = trainable
+
+
+def backbone_of(classifier: keras.Model) -> keras.Model:
+    """The ``keras.applications`` network inside ``classifier`` (its one nested model)."""
+    return next(layer for layer in logmel_classifier(classifier).layers
+                if isinstance(layer, keras.Model))

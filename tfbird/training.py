@@ -558,14 +558,17 @@ def build_model(model_cfg: config.ModelConfig, num_classes: int, manifest: dict)
     Raises:
         ValueError: records of another backbone than the config's.
     """
-    recorded = manifest.get("backbone", {}).get("name", "resnet50")
-    if recorded != model_cfg.backbone:
-        held = (f"{recorded} embeddings" if recorded != "resnet50"
-                else f"{manifest.get('store', records.LOGMEL)} records for resnet50")
+    recorded = manifest.get("backbone", {}).get("name")  # None: log-mel or PCM records
+    wanted = model_cfg.backbone if model_cfg.backbone in config.EMBEDDING_BACKBONES else None
+    if recorded != wanted:
+        held = (f"{recorded} embeddings" if recorded
+                else f"{manifest.get('store', records.LOGMEL)} records (for image backbones)")
+        hint = (f"--set model.backbone={recorded}" if recorded
+                else f"one of model.backbone {list(config.IMAGE_BACKBONES)}")
         raise ValueError(
             f"The records hold {held} but the config trains model.backbone "
             f"{model_cfg.backbone!r}: ingest again with this backbone, or use "
-            f"--set model.backbone={recorded}. Received: backbone={model_cfg.backbone!r}")
+            f"{hint}. Received: backbone={model_cfg.backbone!r}")
     if embedding_records(manifest):
         return build_embedding_head(model_cfg, num_classes, manifest["feature"]["shape"][0])
     return build_classifier(model_cfg, num_classes, dataset.input_shape(manifest))
