@@ -330,8 +330,9 @@ def build_backbone(weights: str, image_shape: tuple[int, int, int],
                    pooling: str | None = "avg", name: str = "resnet50") -> keras.Model:
     """The ``keras.applications`` network ``name`` (``config.IMAGE_BACKBONES``) with
     ``include_top=False``, ``pooling`` and ``weights`` none|imagenet|PATH, under Keras' own
-    model name (``resnet50``, ``MobileNetV3Small``, ``efficientnetv2-b0``). MobileNetV3's and EfficientNetV2's built-in input rescaling is off: the
-    classifier feeds them a standardised log-mel, not 0-255 pixels.
+    model name (``resnet50``, ``MobileNetV3Small``, ``efficientnetv2-b0``). The built-in
+    input rescaling of MobileNetV3 and EfficientNetV2 is off: the classifier feeds them a
+    standardised log-mel, not 0-255 pixels.
 
     ``pooling=None`` returns the feature map ``[batch, height / 32, width / 32, channels]``.
     """
