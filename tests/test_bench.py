@@ -179,10 +179,11 @@ def test_ingest_section_gives_the_stage_breakdown_with_shares():
 
 
 def test_ingest_stage_seconds_times_every_stage(tmp_path):
-    path = tmp_path / "tone.wav"
+    path = tmp_path / "audio" / "tone.wav"
+    path.parent.mkdir()
     soundfile.write(path, np.sin(np.arange(22050 * 6) / 10.0).astype(np.float32), 22050)
     cfg = tiny_config(tmp_path)
-    stages = bench.ingest_stage_seconds([path], cfg)
+    stages = bench.ingest_stage_seconds([path.parent], cfg)
     assert stages["files"] == 1 and abs(stages["audio_s"] - 6.0) < 1e-3
     assert set(stages["seconds"]) == {name for name, _ in bench.INGEST_STAGES}
     assert all(value > 0 for value in stages["seconds"].values()) and stages["in_process"] > 0

@@ -199,8 +199,7 @@ def bench_ingest(sources: list[Path], cfg: config.Config, repeats: int = 3,
                 shutil.rmtree(work / "records", ignore_errors=True)
                 print(f"bench ingest: repeat {repeat + 1}/{repeats} {name} "
                       f"{seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
-        stages = ingest_stage_seconds([link for link in links if link.name.startswith("000-")],
-                                      cfg)
+        stages = ingest_stage_seconds(sources, cfg)
     return {"files": len(links), "audio_s": audio_s, "repeats": repeats,
             "seconds": {name: statistics.median(values) for name, values in seconds.items()},
             "all_seconds": seconds, "stages": stages}
@@ -210,16 +209,17 @@ INGEST_STAGES = [
     ("startup", "process start-up (`import tfbird.ingest`, TensorFlow included), a fresh process"),
     ("decode", "decode + downmix (soundfile, `read_mono`)"),
     ("resample", "resample to the model rate (soxr HQ)"),
-    ("framing", "cut 5-s windows (`stream_cut_windows`)"),
+    ("framing", "cut windows (`stream_cut_windows`)"),
     ("logmel", "log-mel (`LogMelSpectrogram`, one call per recording's windows)"),
     ("serialise", "`records.to_example` per window"),
     ("write", "`TFRecordWriter.write`"),
 ]
 
 
-def ingest_stage_seconds(paths: list[Path], cfg: config.Config) -> dict:
-    """Seconds of each stage of ingest over ``paths``, one stage and one file after the
-    other in this process (no overlap, no threads), so they add up to the work one core does.
+def ingest_stage_seconds(sources: list[Path], cfg: config.Config) -> dict:
+    """Seconds of each stage of ingest over the audio files of ``sources`` (once each), one
+    stage and one file after the other in this process (no overlap, no threads), so they add
+    up to the work one core does.
 
     ``in_process`` is ``ingest.ingest`` of the same files in this process (warm), for the
     pipeline's own cost (tf.data, per-file bookkeeping) beyond the sum of the stages.
@@ -234,6 +234,8 @@ def ingest_stage_seconds(paths: list[Path], cfg: config.Config) -> dict:
     seconds = {name: 0.0 for name, _ in INGEST_STAGES} | {"startup": startup}
     audio_s = 0.0
     with tempfile.TemporaryDirectory(prefix="tfbird-bench-stages-") as work:
+        corpus = Path(work) / "corpus"
+        paths = link_corpus(sources, corpus)
         writer = tf.io.TFRecordWriter(str(Path(work) / "stages.tfrecord"))
         for path in paths:
             started = time.perf_counter()
@@ -259,11 +261,6 @@ def ingest_stage_seconds(paths: list[Path], cfg: config.Config) -> dict:
                 writer.write(example)
             seconds["write"] += time.perf_counter() - started
         writer.close()
-        corpus = Path(work) / "corpus"
-        for index, path in enumerate(paths):  # One class folder of links to the files.
-            link = corpus / "all" / f"{index:05d}-{Path(path).name}"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(Path(path).resolve())
         started = time.perf_counter()
         ingest.ingest(dataclasses.replace(cfg, data=dataclasses.replace(
             cfg.data, layout="folders", max_failures=len(paths))), corpus,

@@ -279,8 +279,8 @@ class ModelConfig:
             Keras' 0.99, which needs thousands of steps to settle. Short runs (the demo)
             want ~0.9, or validation sees stale statistics.
         zero_init_residual: ``resnet50`` with ``weights: none``: start the last batch norm of
-            every residual block at zero, so each block starts as the identity (Goyal et al., 2017):
-            a deep network from scratch trains in fewer steps.
+            every residual block at zero, so each block starts as the identity (Goyal et al.,
+            2017): a deep network from scratch trains in fewer steps.
         head: ``"gap"`` (global average pooling -> dropout -> dense logits) or ``"sed"``
             (PANNs-style sound-event head: per-time-step class scores and attention over
             time; see ``tfbird.model``). Both output clip logits.

@@ -19,11 +19,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
+import tensorflow as tf
 
 from tfbird.config import AudioConfig
-
-# TensorFlow is imported by the graph functions (``cut_windows``, ``pad_to_length``) only, so
-# that decode worker processes (``tfbird.decoding``) load numpy, soundfile and soxr alone.
 
 
 class AudioDecodeError(ValueError):
@@ -279,8 +277,6 @@ def cut_windows(waveform: tf.Tensor, audio: AudioConfig) -> tuple[tf.Tensor, tf.
         ``(windows, start_s)``: float32 ``[num_windows, window_samples]`` and the start time of
         each window in seconds ``[num_windows]``.
     """
-    import tensorflow as tf
-
     waveform = tf.convert_to_tensor(waveform, tf.float32)
     window, hop = audio.window_samples, audio.hop_samples
     num_samples = tf.shape(waveform)[0]
@@ -298,8 +294,6 @@ def cut_windows(waveform: tf.Tensor, audio: AudioConfig) -> tuple[tf.Tensor, tf.
 
 def pad_to_length(waveform: tf.Tensor, length: tf.Tensor, pad_mode: str) -> tf.Tensor:
     """Pads (``"zeros"``) or tiles (``"repeat"``) ``waveform`` to at least ``length`` samples."""
-    import tensorflow as tf
-
     num_samples = tf.shape(waveform)[0]
     if pad_mode == "repeat":
         repeats = (length + num_samples - 1) // tf.maximum(num_samples, 1)
