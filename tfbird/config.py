@@ -303,6 +303,11 @@ class ModelConfig:
             over time of the standardised log-mel (``model.time_statistics``), beside the
             backbone's pooled features: the average spectrum of stationary sounds, which a
             network trained from scratch on few clips learns slowly (BENCHMARKS.md).
+        statistics_weight: image backbones: after training, fit a logistic regression on each
+            training window's per-mel log-mel mean and std (the ``tfbird cv`` baseline's
+            features) and fuse it into the classifier's output with this weight: the
+            weighted geometric mean of the two models' probabilities
+            (``tfbird.statistics_head``). 0 (default) leaves it out; 0.5 weighs both alike.
     """
 
     backbone: str = "resnet50"
@@ -319,6 +324,7 @@ class ModelConfig:
     frontend_in_model: bool = False
     task: str = "multilabel"
     clip_statistics: bool = False
+    statistics_weight: float = 0.0
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -337,8 +343,12 @@ class ModelConfig:
         _require(self.backbone in MODEL_BACKBONES, "model.backbone", self.backbone)
         _require(self.head_hidden_units >= 0, "model.head_hidden_units",
                  self.head_hidden_units)
+        _require(0.0 <= self.statistics_weight < 1.0, "model.statistics_weight",
+                 self.statistics_weight)
         if self.backbone in EMBEDDING_BACKBONES:  # A head on embeddings: no log-mel model.
             _require(self.head == "gap", "model.head", self.head)
+            _require(self.statistics_weight == 0.0, "model.statistics_weight",
+                     self.statistics_weight)
             _require(not self.frontend_in_model, "model.frontend_in_model",
                      self.frontend_in_model)
         # The sed head's clip score is a per-class sigmoid: no softmax over classes.

@@ -201,6 +201,55 @@ class LogMelAugmentation(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tfbird")
+class LogMelStatistics(keras.layers.Layer):
+    """Log-mel ``[batch, frames, mels]`` -> ``[batch, 2 * mels]``: the per-mel mean over time,
+    then the per-mel standard deviation (population, as ``numpy.std``); the features of the
+    regression ``tfbird.statistics_head`` fuses into the classifier."""
+
+    def call(self, logmel):
+        mean = keras.ops.mean(logmel, axis=1)
+        centred = logmel - mean[:, None, :]
+        std = keras.ops.sqrt(keras.ops.mean(centred * centred, axis=1))
+        return keras.ops.concatenate([mean, std], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="tfbird")
+class StatisticsFusion(keras.layers.Layer):
+    """``[network logits, statistics logits]`` -> fused logits: the classifier's output with
+    ``model.statistics_weight`` (``tfbird.statistics_head``, which fits the statistics'
+    regression after training).
+
+    Args:
+        weight: the statistics' weight ``w`` in ``[0, 1)``.
+        task: ``multiclass`` (log-softmax of each, then the weighted sum) or ``multilabel``
+            (the weighted sum of the logits).
+    """
+
+    def __init__(self, weight: float, task: str, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = weight
+        self.task = task
+
+    def call(self, inputs):
+        network, statistics = inputs
+        if self.task == "multiclass":
+            network = keras.ops.log_softmax(network, axis=-1)
+            statistics = keras.ops.log_softmax(statistics, axis=-1)
+        return (1.0 - self.weight) * network + self.weight * statistics
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"weight": self.weight, "task": self.task})
+        return config
+
+
 def sed_head(feature_map, num_classes: int, dropout: float, gru_units: int = 0,
              clip_pooling: str = "probability"):
     """PANNs' attention head on a ``[batch, time, freq, channels]`` map; returns clip logits.

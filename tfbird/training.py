@@ -49,7 +49,7 @@ import scipy.special
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from tfbird import config, dataset, metrics, records
+from tfbird import config, dataset, metrics, records, statistics_head
 from tfbird import labels as labels_lib
 from tfbird.artifacts import (
     CONFIG_FILE,
@@ -68,6 +68,7 @@ from tfbird.model import (
     build_classifier,
     build_embedding_head,
     build_waveform_classifier,
+    logmel_classifier,
     sed_time_steps,
     set_backbone_trainable,
 )
@@ -537,6 +538,10 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
         log.warning("No epoch had a validation ROC-AUC; keeping the last epoch's model.")
         save_model_atomically(inference_model(model), run_dir / MODEL_FILE)
     best = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+    if cfg.model.statistics_weight and not statistics_head.has_statistics_head(
+            logmel_classifier(best)):  # A rerun of a killed run may find it there already.
+        best = with_statistics_head(best, cfg, records_dir, manifest)
+        save_model_atomically(best, run_dir / MODEL_FILE)
     scores = evaluate(best, records_dir, manifest, cfg.train.global_batch_size,
                       task=cfg.model.task,
                       secondary_label_weight=cfg.data.secondary_label_weight,
@@ -544,6 +549,21 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     write_metrics(scores, run_dir / METRICS_FILE)
     remove_backup(backup_dir)  # Last: a run killed before this resumes, and scores again.
     return run_dir, scores
+
+
+def with_statistics_head(model: keras.Model, cfg: config.Config, records_dir: str | Path,
+                         manifest: dict) -> keras.Model:
+    """``model`` with ``model.statistics_weight``'s regression fitted on the training records
+    and fused into its log-mel classifier (``statistics_head.add_statistics_head``); a model
+    with the front end inside keeps it (without the training-only augmentation)."""
+    log.info("Fitting the log-mel statistics regression on the training records "
+             "(model.statistics_weight=%s)", cfg.model.statistics_weight)
+    fused = statistics_head.add_statistics_head(
+        logmel_classifier(model), records_dir, manifest, cfg.model.statistics_weight,
+        cfg.model.task, batch_size=cfg.train.global_batch_size)
+    if len(model.input_shape) == 2:  # [batch, samples]: the front end is in the model.
+        return build_waveform_classifier(fused, cfg.audio, cfg.frontend)
+    return fused
 
 
 def embedding_records(manifest: dict) -> bool:
