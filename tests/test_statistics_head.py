@@ -56,6 +56,22 @@ def test_folded_regression_gives_sklearns_probabilities_multiclass():
     assert probabilities[:, 3].max() < 1e-12
 
 
+def test_multiclass_regression_leaves_out_windows_without_a_class():
+    x, y = separable_features(np.random.default_rng(5))
+    targets = np.eye(3)[y]
+    targets[::4] = 0.0  # Windows of no class (multiclass targets of an unlabelled window).
+    kernel, bias = statistics_head.fit_logistic_regression(x, targets, "multiclass")
+    labelled = targets.max(1) > 0
+    scaler = StandardScaler().fit(x)  # The standardisation still sees every window.
+    reference = LogisticRegression(C=0.1, max_iter=5000).fit(scaler.transform(x)[labelled],
+                                                             y[labelled])
+    np.testing.assert_allclose(scipy.special.softmax(x @ kernel + bias, -1),
+                               reference.predict_proba(scaler.transform(x)), atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        statistics_head.fit_logistic_regression(x, np.eye(3)[np.zeros(len(y), int)],
+                                                "multiclass")
+
+
 def test_folded_regression_of_two_classes_gives_sklearns_probabilities():
     x, y = separable_features(np.random.default_rng(3), num_classes=2)
     kernel, bias = statistics_head.fit_logistic_regression(x, np.eye(2)[y], "multiclass")

@@ -56,8 +56,9 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, task: str
     Args:
         features: ``[examples, dim]``.
         targets: 0/1 ``[examples, classes]``.
-        task: ``multiclass`` (one multinomial regression on each example's first positive
-            class; a class absent from training gets ``ABSENT_CLASS_LOGIT``) or
+        task: ``multiclass`` (one multinomial regression on each example's positive class,
+            examples without one left out; a class absent from training gets
+            ``ABSENT_CLASS_LOGIT``) or
             ``multilabel`` (one binary regression per class; a class that is always or never
             present gets a constant logit of ±``ABSENT_CLASS_LOGIT``).
     """
@@ -67,8 +68,13 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, task: str
     kernel = np.zeros([features.shape[1], num_classes])
     bias = np.full([num_classes], ABSENT_CLASS_LOGIT)
     if task == "multiclass":
-        y = targets.argmax(1)
-        regression = LogisticRegression(C=REGRESSION_C, max_iter=5000).fit(scaled, y)
+        labelled = targets.max(1) > 0  # A window without a class teaches no class here.
+        y = targets[labelled].argmax(1)
+        if len(np.unique(y)) < 2:
+            raise ValueError("The log-mel statistics regression (model.statistics_weight) "
+                             "needs training windows of at least 2 classes. Received: "
+                             f"classes={sorted(set(y.tolist()))}")
+        regression = LogisticRegression(C=REGRESSION_C, max_iter=5000).fit(scaled[labelled], y)
         coef, intercept = regression.coef_, regression.intercept_
         if len(regression.classes_) == 2:  # One logit z for class 1: logits [-z/2, z/2].
             coef = np.concatenate([-coef / 2, coef / 2])
