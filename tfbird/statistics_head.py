@@ -1,12 +1,10 @@
-"""Heads fitted in closed form or by scikit-learn on the training records, not by epochs.
+"""A logistic regression on log-mel statistics inside the classifier (``model.statistics_weight``).
 
-**The log-mel statistics regression** (``model.statistics_weight``). After the network is
-trained, ``add_statistics_head`` fits scikit-learn's ``StandardScaler`` +
+After the network is trained, ``add_statistics_head`` fits scikit-learn's ``StandardScaler`` +
 ``LogisticRegression(C=0.1)`` on each training window's per-mel mean and standard deviation
 over time of its log-mel (dB): the features of ``tfbird cv``'s baseline. The regression goes
 into the classifier as fixed layers (``logmel_statistics``, ``statistics_logits``,
-``statistics_fusion``: ``model.LogMelStatistics``, ``Dense``, ``model.StatisticsFusion``), and
-the classifier's logits become, with ``w = statistics_weight``,
+``statistics_fusion``: ``model.LogMelStatistics``, ``Dense``, ``model.StatisticsFusion``), and the classifier's logits become, with ``w = statistics_weight``,
 
     multiclass:  (1 - w) * log_softmax(network logits) + w * log_softmax(statistics logits)
     multilabel:  (1 - w) * network logits + w * statistics logits
@@ -17,12 +15,6 @@ few clips and a linear model on the average spectrum make different errors (the 
 confuses stationary sounds: rain, engines, waves). The regression is fitted on its own, after
 the network: trained jointly in one model (``model.clip_statistics``), the network's features
 dominate the head and the gain is gone (BENCHMARKS.md, "Cross-validation").
-
-**A shrinkage LDA head on embeddings** (``model.head_solver: lda``). Instead of training the
-linear head on a pretrained backbone's embeddings with AdamW, ``fit_lda_head`` sets its
-``logits`` layer to scikit-learn's linear discriminant analysis with Ledoit-Wolf shrinkage
-(no hyperparameter) of the standardised embeddings: the softmax of the logits is the LDA
-posterior. Seconds instead of epochs.
 
 Everything after fitting is graph code with builtin TFLite ops: the export, ``analyze`` and
 TFLite run the fused classifier unchanged.
@@ -38,7 +30,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -123,19 +114,12 @@ def statistics_of_split(fused: keras.Model, records_dir, manifest: dict, split: 
     """``(features [windows, 2 * mels], 0/1 targets [windows, classes])`` of every window of
     a split, computed by the fused classifier's own ``logmel_statistics`` layer (so the fit reads
     exactly what the exported model computes), without augmentation."""
-    return layer_outputs(fused, FEATURES_LAYER, records_dir, manifest, split, batch_size, task)
-
-
-def layer_outputs(model: keras.Model, layer_name: str, records_dir, manifest: dict, split: str,
-                  batch_size: int, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(outputs of layer_name [examples, dim], 0/1 targets [examples, classes])`` of
-    ``model`` on every example of a split, in record order, without augmentation."""
-    features_model = keras.Model(model.input, model.get_layer(layer_name).output)
+    features_model = keras.Model(fused.input, fused.get_layer(FEATURES_LAYER).output)
     data = dataset.make_dataset(records_dir, manifest, split, batch_size, training=False,
                                 task=task)
     features, targets = [], []
-    for x, y in data:
-        features.append(np.asarray(features_model.predict_on_batch(x), np.float64))
+    for logmel, y in data:
+        features.append(np.asarray(features_model.predict_on_batch(logmel), np.float64))
         targets.append(dataset.positive_targets(y, task).numpy())
     return np.concatenate(features), np.concatenate(targets)
 
@@ -150,32 +134,3 @@ def add_statistics_head(classifier: keras.Model, records_dir, manifest: dict, we
     kernel, bias = fit_logistic_regression(features, targets, task)
     fused.get_layer("statistics_logits").set_weights([kernel, bias])
     return fused
-
-
-def fit_lda(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(kernel [dim, classes], bias [classes])`` of a Ledoit-Wolf shrinkage LDA
-    (``solver="lsqr"``, ``shrinkage="auto"``) on each example's positive class (examples
-    without one left out): ``softmax(features @ kernel + bias)`` is its ``predict_proba``. A
-    class absent from training gets ``ABSENT_CLASS_LOGIT``."""
-    labelled = targets.max(1) > 0
-    y = targets[labelled].argmax(1)
-    if len(np.unique(y)) < 2:
-        raise ValueError("The LDA head (model.head_solver: lda) needs training examples of at "
-                         f"least 2 classes. Received: classes={sorted(set(y.tolist()))}")
-    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(features[labelled], y)
-    coef, intercept = lda.coef_, lda.intercept_
-    if len(lda.classes_) == 2:  # One logit z for class 1: logits [-z/2, z/2].
-        coef = np.concatenate([-coef / 2, coef / 2])
-        intercept = np.concatenate([-intercept / 2, intercept / 2])
-    kernel = np.zeros([features.shape[1], targets.shape[1]])
-    bias = np.full([targets.shape[1]], ABSENT_CLASS_LOGIT)
-    kernel[:, lda.classes_], bias[lda.classes_] = coef.T, intercept
-    return kernel.astype(np.float32), bias.astype(np.float32)
-
-
-def fit_lda_head(head: keras.Model, records_dir, manifest: dict, batch_size: int = 256) -> None:
-    """Sets the ``logits`` layer of an embedding head (``model.build_embedding_head`` without
-    a hidden layer) to ``fit_lda`` of its ``standardize`` outputs on the training split."""
-    features, targets = layer_outputs(head, "standardize", records_dir, manifest, "train",
-                                      batch_size, "multiclass")
-    head.get_layer("logits").set_weights(list(fit_lda(features, targets)))
