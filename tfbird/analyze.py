@@ -53,6 +53,7 @@ from tfbird.artifacts import (
     SAVED_MODEL_FILE,
     SIGNATURE,
     SPECIES_ASSET,
+    model_form,
     read_thresholds,
     write_atomically,
 )
@@ -285,11 +286,12 @@ def read_model_info(path: str | Path) -> ModelInfo:
     from tfbird import config
 
     path = Path(path)
-    if path.is_file() and path.suffix == ".tflite":
-        kind, contract_dir, model_file = "tflite", path.parent / ASSETS_DIR, path
-    elif (path / SAVED_MODEL_FILE).is_file():
-        kind, contract_dir, model_file = "saved_model", path / ASSETS_DIR, path / SAVED_MODEL_FILE
-    elif (path / MODEL_FILE).is_file():
+    kind = model_form(path)
+    if kind == "tflite":
+        contract_dir, model_file = path.parent / ASSETS_DIR, path
+    elif kind == "saved_model":
+        contract_dir, model_file = path / ASSETS_DIR, path / SAVED_MODEL_FILE
+    elif kind == "run":
         cfg = config.load(path / CONFIG_FILE)
         labels = tuple(labels_lib.read_labels(path / LABELS_FILE))
         backbone = ((cfg.model.backbone, cfg.model.backbone_path)

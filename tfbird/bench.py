@@ -456,18 +456,19 @@ SCALING_PLOTS = {"analyze_wall_clock.png": ("seconds", "Wall-clock (s)"),
 def analysis_models(paths: list[str | Path]) -> list[tuple[str, Path]]:
     """``(name, path)`` of each model form found: ``keras`` (a run folder), ``saved_model``
     (an export version folder) and ``tflite_<variant>`` (each TFLite file in that folder)."""
-    from tfbird.artifacts import MODEL_FILE, SAVED_MODEL_FILE, TFLITE_FILES
+    from tfbird.artifacts import TFLITE_FILES, model_form
 
     models = []
     for path in map(Path, paths):
-        if (path / MODEL_FILE).is_file():
+        form = model_form(path)
+        if form == "run":
             models.append(("keras", path))
-        elif (path / SAVED_MODEL_FILE).is_file():
+        elif form == "saved_model":
             models.append(("saved_model", path))
             models += [(f"tflite_{variant}", path / name)
                        for variant, name in TFLITE_FILES.items()
                        if (path / name).is_file()]
-        elif path.suffix == ".tflite" and path.is_file():
+        elif form == "tflite":
             models.append((f"tflite_{path.stem}", path))
         else:
             raise ValueError("bench analyze --model takes run folders, export version folders "
