@@ -123,19 +123,36 @@ def quiet_tensorflow() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfbird.config import ANALYZE_FORMATS, AnalyzeConfig
-
-    analyze_defaults = AnalyzeConfig()  # analyze's flags default to None: these apply.
-
+    """The ``tfbird`` parser: one sub-command per ``add_*_command`` below, in help order."""
     parser = argparse.ArgumentParser(prog="tfbird", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    add_synth_command(commands)
+    add_ingest_command(commands)
+    add_eda_command(commands)
+    add_features_command(commands)
+    add_train_command(commands)
+    add_cv_command(commands)
+    add_evaluate_command(commands)
+    add_export_command(commands)
+    add_analyze_command(commands)
+    add_embed_command(commands)
+    add_search_command(commands)
+    add_data_service_command(commands)
+    add_bench_command(commands)
+    return parser
 
+
+def add_synth_command(commands) -> None:
+    """The ``synth`` command and its flags."""
     synth = commands.add_parser("synth", help="write the synthetic bird-call corpus")
     add_config_arguments(synth)
     synth.add_argument("--out", required=True, help="output folder (BirdCLEF layout)")
     synth.set_defaults(command=run_synth)
 
+
+def add_ingest_command(commands) -> None:
+    """The ``ingest`` command and its flags."""
     ingest = commands.add_parser("ingest", help="recordings -> TFRecord shards of log-mels")
     add_config_arguments(ingest)
     ingest.add_argument("--data", required=True, help="data set folder or CSV of recordings")
@@ -164,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rewrite this run's shards instead of resuming finished ones")
     ingest.set_defaults(command=run_ingest)
 
+
+def add_eda_command(commands) -> None:
+    """The ``eda`` command and its flags."""
     eda = commands.add_parser("eda", help="data set report: PNG charts and a Markdown summary")
     add_config_arguments(eda)
     eda.add_argument("--data", required=True, help="data set folder or CSV of recordings")
@@ -172,12 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     eda.add_argument("--examples", type=int, default=4, help="example log-mel images")
     eda.set_defaults(command=run_eda)
 
+
+def add_features_command(commands) -> None:
+    """The ``features`` command and its flags."""
     features = commands.add_parser("features", help="log-mel of a whole recording to .npy")
     add_config_arguments(features)
     features.add_argument("file", help="audio file")
     features.add_argument("--out", required=True, help="output .npy: float32 [frames, mels]")
     features.set_defaults(command=run_features)
 
+
+def add_train_command(commands) -> None:
+    """The ``train`` command and its flags."""
     train = commands.add_parser(
         "train", help="ingest if needed, train, score",
         description="Ingests the data set into records when they are missing or stale, "
@@ -219,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "service (see data-service)")
     train.set_defaults(command=run_train)
 
+
+def add_cv_command(commands) -> None:
+    """The ``cv`` command and its flags."""
     cv = commands.add_parser(
         "cv", help="cross-validation on the data set's folds, beside a logistic-regression "
                    "baseline -> cv.json, cv.md")
@@ -234,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="= train.strategy")
     cv.set_defaults(command=run_cv)
 
+
+def add_evaluate_command(commands) -> None:
+    """The ``evaluate`` command and its flags."""
     evaluate = commands.add_parser(
         "evaluate", help="score a run on a split: metrics, per-class table, thresholds, plots")
     evaluate.add_argument("--run-dir", required=True, help="training run folder")
@@ -246,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "a sed model's framewise peaks fall (localization.csv/json)")
     evaluate.set_defaults(command=run_evaluate)
 
+
+def add_export_command(commands) -> None:
+    """The ``export`` command and its flags."""
     export = commands.add_parser("export", help="run -> SavedModel (TF Serving) [+ TFLite]")
     add_config_arguments(export)
     export.add_argument("--run-dir", help="training run (default: newest under train.runs_dir)")
@@ -269,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "are used to check that Keras, SavedModel and TFLite agree "
                              "(default: the run's data set)")
     export.set_defaults(command=run_export)
+
+
+def add_analyze_command(commands) -> None:
+    """The ``analyze`` command and its flags (over 60 lines: one declaration per flag, in
+    help order, and each flag stands for one ``AnalyzeConfig`` field)."""
+    from tfbird.config import ANALYZE_FORMATS, AnalyzeConfig
+
+    analyze_defaults = AnalyzeConfig()  # analyze's flags default to None: these apply.
 
     analyze = commands.add_parser(
         "analyze", help="recordings -> detections (CSV, Raven, ...)",
@@ -331,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(command=run_analyze)
 
+
+def add_embed_command(commands) -> None:
+    """The ``embed`` command and its flags."""
     embed = commands.add_parser(
         "embed", help="recordings -> per-window embeddings of a pretrained backbone (BirdNET: "
                       "CC BY-NC-SA 4.0), to search with `tfbird search`")
@@ -344,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="overlap of consecutive windows, in seconds (default 0)")
     embed.set_defaults(command=run_embed)
 
+
+def add_search_command(commands) -> None:
+    """The ``search`` command and its flags."""
     search = commands.add_parser(
         "search", help="the windows of an embeddings folder most like a query window")
     search.add_argument("db", help="an embeddings folder from `tfbird embed`")
@@ -361,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "column to fill in) into DIR")
     search.set_defaults(command=run_search)
 
+
+def add_data_service_command(commands) -> None:
+    """The ``data-service`` command and its flags."""
     service = commands.add_parser(
         "data-service", help="run a tf.data service dispatcher or worker for train --data-service")
     role = service.add_mutually_exclusive_group(required=True)
@@ -373,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: its host name)")
     service.set_defaults(command=run_data_service)
 
+
+def add_bench_command(commands) -> None:
+    """The ``bench`` command and its flags."""
     bench = commands.add_parser("bench", help="benchmarks against librosa -> BENCHMARKS.md")
     add_config_arguments(bench)
     bench.add_argument("what", choices=["frontend", "ingest", "analyze", "training", "cv",
@@ -401,7 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed runs (median is reported)")
     bench.add_argument("--out", default="BENCHMARKS.md", help="Markdown file to update")
     bench.set_defaults(command=run_bench)
-    return parser
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
