@@ -102,3 +102,36 @@ def trained_run(tiny_config_file, tiny_records, tiny_workspace) -> Path:
                        "--run-dir", str(run_dir), "--quiet"])
     assert status == 0
     return run_dir
+
+
+def cut_windows(waveform, audio: config.AudioConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """The training windows of a whole waveform, written out in TensorFlow as the reference
+    of ``waveform.stream_windows``' ``"min_fraction"`` rule (these tests' reference).
+
+    Windows of ``audio.window_s`` every ``audio.hop_s``; a window reaching past the end is
+    filled by ``audio.pad_mode`` (zeros, or the recording repeated). Tail windows holding
+    less than ``audio.min_window_fraction`` of real audio are dropped, but the first window
+    is always kept. Returns ``(windows [n, window_samples], start_s [n])``.
+    """
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    window, hop = audio.window_samples, audio.hop_samples
+    num_samples = tf.shape(waveform)[0]
+    starts = tf.range(0, tf.maximum(num_samples, 1), hop)
+    real_fraction = tf.cast(tf.minimum(num_samples - starts, window), tf.float32) / window
+    keep = tf.logical_or(tf.range(tf.size(starts)) == 0,
+                         real_fraction >= audio.min_window_fraction)
+    num_windows = tf.reduce_sum(tf.cast(keep, tf.int32))
+    needed = (num_windows - 1) * hop + window
+    padded = pad_to_length(waveform, needed, audio.pad_mode)
+    windows = tf.signal.frame(padded, window, hop)[:num_windows]
+    start_s = tf.cast(starts[:num_windows], tf.float32) / audio.sample_rate_hz
+    return windows, start_s
+
+
+def pad_to_length(waveform: tf.Tensor, length: tf.Tensor, pad_mode: str) -> tf.Tensor:
+    """Pads (``"zeros"``) or tiles (``"repeat"``) ``waveform`` to at least ``length`` samples."""
+    num_samples = tf.shape(waveform)[0]
+    if pad_mode == "repeat":
+        repeats = (length + num_samples - 1) // tf.maximum(num_samples, 1)
+        return tf.tile(waveform, [tf.maximum(repeats, 1)])
+    return tf.pad(waveform, [[0, tf.maximum(length - num_samples, 0)]])

@@ -47,3 +47,17 @@ def test_environment_json_names_the_commit_and_package_versions(tmp_path):
     commit = environment["git_commit"]
     assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)
     assert artifacts.git_commit(tmp_path) is None  # not a repository
+
+
+def test_model_form_names_each_model_path(tmp_path):
+    from tfbird.artifacts import model_form
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.keras").write_bytes(b"x")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "saved_model.pb").write_bytes(b"x")
+    (tmp_path / "export" / "model.tflite").write_bytes(b"x")
+    assert model_form(tmp_path / "run") == "run"
+    assert model_form(tmp_path / "export") == "saved_model"
+    assert model_form(tmp_path / "export" / "model.tflite") == "tflite"
+    assert model_form(tmp_path) is None and model_form(tmp_path / "missing.tflite") is None

@@ -83,8 +83,10 @@ def test_balanced_sampling_draws_the_primary_classes_evenly(tmp_path):
         [str(tmp_path / "train-00000-of-00001.tfrecord")], 4), counts)
 
     def drawn(sampling):
-        data = dataset.make_dataset(tmp_path, manifest, "train", batch_size=100, training=True,
-                                    seed=3, shuffle_buffer_size=50, sampling=sampling)
+        data = dataset.make_dataset(tmp_path, manifest, "train", batch_size=100,
+                                    spec=dataset.ReadSpec(training=True, seed=3,
+                                                          shuffle_buffer_size=50,
+                                                          sampling=sampling))
         # The log-mel holds the primary class (4 for "none"): count what was drawn.
         classes = np.concatenate([x[:, 0, 0] for x, _ in data.take(20).as_numpy_iterator()])
         return np.bincount(classes.astype(int), minlength=5)

@@ -23,10 +23,10 @@ def examples(batches):
 
 def test_the_service_serves_the_same_examples_as_the_plain_pipeline(tiny_records, service):
     manifest = ingest.read_manifest(tiny_records)
-    read = dict(records_dir=tiny_records, manifest=manifest, split="valid", batch_size=2,
-                training=False)
+    read = dict(records_dir=tiny_records, manifest=manifest, split="valid", batch_size=2)
     plain = list(dataset.make_dataset(**read).as_numpy_iterator())
-    served = list(dataset.make_dataset(**read, data_service=service).as_numpy_iterator())
+    served = list(dataset.make_dataset(**read, spec=dataset.ReadSpec(data_service=service))
+                  .as_numpy_iterator())
     assert len(served) == len(plain) == np.ceil(manifest["splits"]["valid"]["examples"] / 2)
     assert examples(served) == examples(plain)
     assert len(examples(served)) == manifest["splits"]["valid"]["examples"]
@@ -35,10 +35,10 @@ def test_the_service_serves_the_same_examples_as_the_plain_pipeline(tiny_records
 def test_training_batches_from_the_service_are_the_training_examples(tiny_records, service):
     manifest = ingest.read_manifest(tiny_records)
     read = dict(records_dir=tiny_records, manifest=manifest, split="train", batch_size=2)
-    everything = examples(dataset.make_dataset(**read, training=False).as_numpy_iterator())
+    everything = examples(dataset.make_dataset(**read).as_numpy_iterator())
     # No example shuffle buffer: 2 passes over the files fit in 7 batches of 2.
-    served = list(dataset.make_dataset(**read, training=True, data_service=service,
-                                       shuffle_buffer_size=1).take(7).as_numpy_iterator())
+    served = list(dataset.make_dataset(**read, spec=dataset.ReadSpec(
+        training=True, data_service=service, shuffle_buffer_size=1)).take(7).as_numpy_iterator())
     assert [x.shape for x, _ in served] == [(2, 501, 128)] * 7  # repeats, full batches
     assert len(everything) == 7 and set(examples(served)) == set(everything)
 

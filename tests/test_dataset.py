@@ -12,7 +12,7 @@ from tfbird.config import AugmentConfig
 def all_logmels(records_dir, manifest):
     found = []
     for split in manifest["splits"]:
-        data = dataset.make_dataset(records_dir, manifest, split, batch_size=64, training=False)
+        data = dataset.make_dataset(records_dir, manifest, split, batch_size=64)
         found += [x for x, _ in data.unbatch().as_numpy_iterator()]
     return np.stack(found)
 
@@ -35,7 +35,7 @@ def test_training_batches_mix_in_the_background(tiny_records):
     cfg = AugmentConfig(background_dir=str(tiny_records), background_probability=1.0,
                         background_snr_db=(-60.0, -60.0))
     x, y = next(iter(dataset.make_dataset(tiny_records, manifest, "train", batch_size=2,
-                                          training=True, augment=cfg)))
+                                          spec=dataset.ReadSpec(training=True, augment=cfg))))
     assert x.shape == (2, *manifest["feature"]["shape"]) and y.shape == (2, 2)
     # At -60 dB SNR the mix is the background: each example is a record's log-mel + a gain,
     # except in the few bins where the background sits at its floor and the signal does not.

@@ -155,7 +155,7 @@ def split_examples(tiny_records, pipelines, split="train"):
     for pipeline_id in range(pipelines):
         context = tf.distribute.InputContext(num_input_pipelines=pipelines,
                                              input_pipeline_id=pipeline_id)
-        data = dataset.make_dataset(tiny_records, manifest, split, batch_size=1, training=False,
+        data = dataset.make_dataset(tiny_records, manifest, split, batch_size=1,
                                     input_context=context)
         seen.append(sorted(round(float(x.sum()), 2) for x, _ in data.as_numpy_iterator()))
     return seen
@@ -176,7 +176,8 @@ def test_the_global_batch_is_divided_among_replicas(tiny_records):
     manifest = ingest.read_manifest(tiny_records)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     data = dataset.distributed_dataset(strategy, tiny_records, manifest, "train",
-                                       global_batch_size=4, training=True)
+                                       global_batch_size=4,
+                                       spec=dataset.ReadSpec(training=True))
     x, y = next(iter(data))
     assert [len(part) for part in strategy.experimental_local_results(x)] == [2, 2]
     assert [len(part) for part in strategy.experimental_local_results(y)] == [2, 2]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile
 import tensorflow as tf
-from conftest import requires_shared_audio, shared_recordings, tiny_config
+from conftest import cut_windows, requires_shared_audio, shared_recordings, tiny_config
 
 from tfbird import config, ingest, pipeline, records
 from tfbird.waveform import load_waveform
@@ -83,7 +83,7 @@ def test_targets_are_primary_plus_secondary_labels(tiny_corpus, tiny_records):
 
 def test_logmels_in_records_equal_the_frontend_on_the_window(tiny_cfg, tiny_corpus, tiny_records):
     from tfbird.frontend import build_frontend
-    from tfbird.waveform import cut_windows, load_waveform
+    from tfbird.waveform import load_waveform
 
     manifest = json.loads((tiny_records / "manifest.json").read_text())
     example = read_examples(tiny_records, manifest, "train")[1]

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import soundfile
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import cut_windows, tiny_config
 
 from tfbird import ingest, records
 from tfbird.frontend import build_frontend
 from tfbird.waveform import (
-    cut_windows,
     load_waveform,
     stream_cut_windows,
     stream_waveform,

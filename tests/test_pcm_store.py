@@ -26,8 +26,8 @@ def pcm_records(tiny_cfg, tiny_corpus, tmp_path_factory):
 
 def batches(records_dir, split, **kwargs):
     manifest = ingest.read_manifest(records_dir)
-    data = dataset.make_dataset(records_dir, manifest, split, batch_size=4, training=False,
-                                **kwargs)
+    data = dataset.make_dataset(records_dir, manifest, split, batch_size=4,
+                                spec=dataset.ReadSpec(**kwargs))
     x, y = zip(*data.as_numpy_iterator())
     return np.concatenate(x), np.concatenate(y)
 
@@ -68,7 +68,8 @@ def test_waveform_augmentation_in_the_pipeline(pcm_records):
     cfg = AugmentConfig(mixup_alpha=0.4, mixup_targets="union", background_dir=str(pcm_records),
                         background_probability=1.0, background_snr_db=(10.0, 10.0))
     x, y = next(iter(dataset.make_dataset(pcm_records, manifest, "train", batch_size=4,
-                                          training=True, augment=cfg, frontend_in_model=True)))
+                                          spec=dataset.ReadSpec(training=True, augment=cfg,
+                                                                frontend_in_model=True))))
     assert x.shape == (4, 160000) and set(np.unique(y.numpy())) <= {0.0, 1.0}
 
 

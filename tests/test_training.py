@@ -57,12 +57,13 @@ def test_batch_size_must_divide_among_replicas(tiny_cfg, tiny_records, tmp_path)
 
 def test_training_input_is_shuffled_batched_and_repeated(tiny_records):
     manifest = ingest.read_manifest(tiny_records)
-    data = dataset.make_dataset(tiny_records, manifest, "train", batch_size=2, training=True)
+    data = dataset.make_dataset(tiny_records, manifest, "train", batch_size=2,
+                                spec=dataset.ReadSpec(training=True))
     batches = list(data.take(20).as_numpy_iterator())
     assert len(batches) == 20  # repeats beyond one pass
     x, y = batches[0]
     assert x.shape == (2, 501, 128) and y.shape == (2, 2)
-    valid = dataset.make_dataset(tiny_records, manifest, "valid", batch_size=64, training=False)
+    valid = dataset.make_dataset(tiny_records, manifest, "valid", batch_size=64)
     (x, y), = list(valid.as_numpy_iterator())
     assert len(x) == manifest["splits"]["valid"]["examples"]
 

@@ -5,7 +5,7 @@ import librosa
 import numpy as np
 import pytest
 import soundfile
-from conftest import requires_shared_audio, shared_recordings
+from conftest import cut_windows, requires_shared_audio, shared_recordings
 
 from tfbird.config import AudioConfig
 from tfbird.waveform import (
@@ -13,7 +13,6 @@ from tfbird.waveform import (
     channel_mean,
     count_samples,
     count_windows,
-    cut_windows,
     decode_error_message,
     fix_length,
     load_waveform,
@@ -163,3 +162,14 @@ def test_fix_length_is_librosas(num_samples):
     got = fix_length(waveform, num_samples)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
+
+
+def test_stream_windows_docstring_example_and_tail_rules():
+    from tfbird.waveform import stream_windows
+
+    blocks = [np.ones(7, np.float32), np.ones(9, np.float32)]
+    assert [s.tolist() for s, _ in stream_windows(blocks, 10, 5)] == [[0, 5], [10]]
+    assert [s.tolist() for s, _ in stream_windows(blocks, 10, 5, tail="end_aligned")] == [
+        [0, 5], [6]]
+    with pytest.raises(ValueError, match="Received: tail='last'"):
+        list(stream_windows(blocks, 10, 5, tail="last"))

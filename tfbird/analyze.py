@@ -20,14 +20,12 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,6 +37,7 @@ from tqdm import tqdm
 from tfbird import catalog
 from tfbird import detections as detections_lib
 from tfbird import labels as labels_lib
+from tfbird import waveform as waveform_lib
 from tfbird.artifacts import (
     ASSETS_DIR,
     CONFIG_FILE,
@@ -52,6 +51,7 @@ from tfbird.artifacts import (
     SAVED_MODEL_FILE,
     SIGNATURE,
     SPECIES_ASSET,
+    model_form,
     read_thresholds,
     write_atomically,
 )
@@ -203,46 +203,16 @@ def class_thresholds(labels: tuple[str, ...], cfg: AnalyzeConfig) -> np.ndarray:
 
 def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
                    pad_mode: str = "zeros") -> Iterator[tuple[int, np.ndarray]]:
-    """Cuts a stream of waveform blocks into ``(start_sample, window)`` pairs.
+    """``waveform.stream_windows`` with the analysis tail rule (``"end_aligned"``), one
+    ``(start_sample, window)`` pair at a time (``batched`` groups them).
 
-    Holds at most one window plus one block of audio. Windows start every
-    ``hop_samples``; if the last full window ends before the recording does, one more window
-    ends exactly at the end. A recording shorter than one window gives one window at 0,
-    padded as the model's training windows were (``pad_mode``: ``"zeros"``, or ``"repeat"``
-    to tile it, ``waveform.pad_to_length``).
+    Windows start every ``hop_samples``; if the last full window ends before the recording
+    does, one more window ends exactly at the end. A recording shorter than one window gives
+    one window at 0, padded as the model's training windows were (``pad_mode``).
     """
-    if not 0 < hop_samples <= window_samples:
-        raise ValueError(f"hop_samples must be in (0, window_samples]. "
-                         f"Received: hop_samples={hop_samples}, window_samples={window_samples}")
-    buffer = np.zeros(0, np.float32)
-    buffer_start = 0  # Sample index (in the recording) of buffer[0].
-    next_start = 0
-    last_end = 0
-    for block in blocks:
-        buffer = np.concatenate([buffer, np.asarray(block, np.float32)])
-        total = buffer_start + len(buffer)
-        while next_start + window_samples <= total:
-            offset = next_start - buffer_start
-            yield next_start, buffer[offset:offset + window_samples].copy()
-            last_end = next_start + window_samples
-            next_start += hop_samples
-        # Keep what the next window needs, and the last window's worth for the final one.
-        keep_from = max(min(next_start, total - window_samples), buffer_start)
-        buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
-    total = buffer_start + len(buffer)
-    if total and last_end == 0:
-        yield 0, pad_window(buffer, window_samples, pad_mode)
-    elif last_end < total:
-        yield total - window_samples, buffer[len(buffer) - window_samples:].copy()
-
-
-def pad_window(waveform: np.ndarray, window_samples: int, pad_mode: str) -> np.ndarray:
-    """A recording shorter than a window, zero-padded or tiled (``"repeat"``) to fill it."""
-    if pad_mode == "repeat":
-        return np.resize(waveform, window_samples)  # Tiles, as ``tf.tile`` in ingest.
-    if pad_mode == "zeros":
-        return np.pad(waveform, (0, window_samples - len(waveform)))
-    raise ValueError(f"pad_mode must be 'zeros' or 'repeat'. Received: pad_mode={pad_mode!r}")
+    for starts, windows in waveform_lib.stream_windows(blocks, window_samples, hop_samples,
+                                                       pad_mode, waveform_lib.END_ALIGNED):
+        yield from zip(starts.tolist(), windows)
 
 
 def batched(windows: Iterable[tuple[int, np.ndarray]], batch_size: int
@@ -314,11 +284,12 @@ def read_model_info(path: str | Path) -> ModelInfo:
     from tfbird import config
 
     path = Path(path)
-    if path.is_file() and path.suffix == ".tflite":
-        kind, contract_dir, model_file = "tflite", path.parent / ASSETS_DIR, path
-    elif (path / SAVED_MODEL_FILE).is_file():
-        kind, contract_dir, model_file = "saved_model", path / ASSETS_DIR, path / SAVED_MODEL_FILE
-    elif (path / MODEL_FILE).is_file():
+    kind = model_form(path)
+    if kind == "tflite":
+        contract_dir, model_file = path.parent / ASSETS_DIR, path
+    elif kind == "saved_model":
+        contract_dir, model_file = path / ASSETS_DIR, path / SAVED_MODEL_FILE
+    elif kind == "run":
         cfg = config.load(path / CONFIG_FILE)
         labels = tuple(labels_lib.read_labels(path / LABELS_FILE))
         backbone = ((cfg.model.backbone, cfg.model.backbone_path)

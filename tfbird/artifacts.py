@@ -72,6 +72,21 @@ CONTRACT_ASSET = "model_config.json"
 SPECIES_ASSET = "species.csv"  # label,scientific_name,common_name (exporter.write_species)
 
 
+def model_form(path: str | Path) -> str | None:
+    """The form of a model path: ``"tflite"`` (a ``.tflite`` file), ``"saved_model"`` (a
+    folder holding ``saved_model.pb``) or ``"run"`` (a run folder holding ``model.keras``),
+    checked in that order; ``None`` for anything else. ``analyze`` and ``bench`` both ask
+    this, so they accept the same paths."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".tflite":
+        return "tflite"
+    if (path / SAVED_MODEL_FILE).is_file():
+        return "saved_model"
+    if (path / MODEL_FILE).is_file():
+        return "run"
+    return None
+
+
 def write_atomically(path: Path, text: str | bytes) -> None:
     """Writes ``path`` through a temporary file of this process (two processes writing the
     same output never share one), renamed over it: ``path`` is whole or absent."""

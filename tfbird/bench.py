@@ -456,18 +456,19 @@ SCALING_PLOTS = {"analyze_wall_clock.png": ("seconds", "Wall-clock (s)"),
 def analysis_models(paths: list[str | Path]) -> list[tuple[str, Path]]:
     """``(name, path)`` of each model form found: ``keras`` (a run folder), ``saved_model``
     (an export version folder) and ``tflite_<variant>`` (each TFLite file in that folder)."""
-    from tfbird.artifacts import MODEL_FILE, SAVED_MODEL_FILE, TFLITE_FILES
+    from tfbird.artifacts import TFLITE_FILES, model_form
 
     models = []
     for path in map(Path, paths):
-        if (path / MODEL_FILE).is_file():
+        form = model_form(path)
+        if form == "run":
             models.append(("keras", path))
-        elif (path / SAVED_MODEL_FILE).is_file():
+        elif form == "saved_model":
             models.append(("saved_model", path))
             models += [(f"tflite_{variant}", path / name)
                        for variant, name in TFLITE_FILES.items()
                        if (path / name).is_file()]
-        elif path.suffix == ".tflite" and path.is_file():
+        elif form == "tflite":
             models.append((f"tflite_{path.stem}", path))
         else:
             raise ValueError("bench analyze --model takes run folders, export version folders "
@@ -645,9 +646,8 @@ def bench_reader(records_dir: Path, cfg: config.Config, batches: int = 40,
     for name, augment in (("reader, no augmentation", None), ("reader + augmentation", cfg.augment)):
         def read(augment=augment):
             batches_read = iter(dataset.make_dataset(
-                records_dir, manifest, "train", batch_size, training=True,
-                seed=cfg.train.seed, augment=augment, task=cfg.model.task,
-                secondary_label_weight=cfg.data.secondary_label_weight))
+                records_dir, manifest, "train", batch_size,
+                dataclasses.replace(training_read(cfg), augment=augment)))
             for _ in range(5):
                 next(batches_read)
             started = time.perf_counter()
@@ -658,6 +658,13 @@ def bench_reader(records_dir: Path, cfg: config.Config, batches: int = 40,
         seconds = statistics.median(read() for _ in range(repeats))
         rates[name] = batches * batch_size / seconds
     return rates
+
+
+def training_read(cfg: config.Config) -> dataset.ReadSpec:
+    """The reader of ``training.train`` (``ReadSpec.of_training``), in this process (no
+    tf.data service) and giving log-mels, as the benchmarked classifier takes them."""
+    return dataclasses.replace(dataset.ReadSpec.of_training(cfg), data_service=None,
+                               frontend_in_model=False)
 
 
 def compiled_classifier(model_cfg: config.ModelConfig, train_cfg: config.TrainConfig,
@@ -678,8 +685,7 @@ def bench_training_steps(records_dir: Path, cfg: config.Config, steps: int = 5,
     log-mels (input excluded), after two warm-up steps (which include XLA compilation)."""
     manifest = records.read_manifest(records_dir)
     logmel, targets = next(iter(dataset.make_dataset(
-        records_dir, manifest, "train", cfg.train.global_batch_size, training=True,
-        seed=cfg.train.seed, task=cfg.model.task)))
+        records_dir, manifest, "train", cfg.train.global_batch_size, training_read(cfg))))
     rates = {}
     for name, (model_overrides, train_overrides) in variants.items():
         model_cfg = dataclasses.replace(cfg.model, **model_overrides)
@@ -708,8 +714,7 @@ def input_wait_share(records_dir: Path, cfg: config.Config, steps: int = 8) -> f
 
     manifest = records.read_manifest(records_dir)
     batches = dataset.make_dataset(
-        records_dir, manifest, "train", cfg.train.global_batch_size, training=True,
-        seed=cfg.train.seed, augment=cfg.augment, task=cfg.model.task)
+        records_dir, manifest, "train", cfg.train.global_batch_size, training_read(cfg))
     classifier = compiled_classifier(cfg.model, cfg.train, manifest, steps)
     with tempfile.TemporaryDirectory() as log_dir:
         profiler = keras.callbacks.TensorBoard(log_dir=log_dir, profile_batch=(3, steps))

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 
 from tfbird import config  # noqa: E402  (no TensorFlow: the embedding backbones' names)
@@ -122,33 +123,50 @@ def quiet_tensorflow() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfbird.config import ANALYZE_FORMATS, AnalyzeConfig
-
-    analyze_defaults = AnalyzeConfig()  # analyze's flags default to None: these apply.
-
+    """The ``tfbird`` parser: one sub-command per ``add_*_command`` below, in help order."""
     parser = argparse.ArgumentParser(prog="tfbird", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    add_synth_command(commands)
+    add_ingest_command(commands)
+    add_eda_command(commands)
+    add_features_command(commands)
+    add_train_command(commands)
+    add_cv_command(commands)
+    add_evaluate_command(commands)
+    add_export_command(commands)
+    add_analyze_command(commands)
+    add_embed_command(commands)
+    add_search_command(commands)
+    add_data_service_command(commands)
+    add_bench_command(commands)
+    return parser
 
+
+def add_synth_command(commands) -> None:
+    """The ``synth`` command and its flags."""
     synth = commands.add_parser("synth", help="write the synthetic bird-call corpus")
     add_config_arguments(synth)
     synth.add_argument("--out", required=True, help="output folder (BirdCLEF layout)")
     synth.set_defaults(command=run_synth)
 
+
+def add_ingest_command(commands) -> None:
+    """The ``ingest`` command and its flags."""
     ingest = commands.add_parser("ingest", help="recordings -> TFRecord shards of log-mels")
     add_config_arguments(ingest)
     ingest.add_argument("--data", required=True, help="data set folder or CSV of recordings")
     ingest.add_argument("--out", required=True, help="records folder, e.g. records/NAME")
     add_layout_arguments(ingest)
     add_fold_arguments(ingest)
-    ingest.add_argument("--min-overlap-s", type=float,
-                        help="= data.min_overlap_s: Raven box overlap that labels a window")
-    ingest.add_argument("--max-failures", type=float,
-                        help="= data.max_failures: failed files allowed before the exit status "
-                             "is non-zero (a count, or a fraction of the files if below 1)")
-    ingest.add_argument("--store", choices=["logmel", "pcm"],
-                        help="= data.store: records hold float16 log-mels (default) or int16 "
-                             "PCM windows (the front end then runs in the reader or the model)")
+    add_config_flag(ingest, "--min-overlap-s", key="data.min_overlap_s", type=float,
+                    help="= data.min_overlap_s: Raven box overlap that labels a window")
+    add_config_flag(ingest, "--max-failures", key="data.max_failures", type=float,
+                    help="= data.max_failures: failed files allowed before the exit status "
+                         "is non-zero (a count, or a fraction of the files if below 1)")
+    add_config_flag(ingest, "--store", key="data.store", choices=["logmel", "pcm"],
+                    help="= data.store: records hold float16 log-mels (default) or int16 "
+                         "PCM windows (the front end then runs in the reader or the model)")
     ingest.add_argument("--workers", type=int, default=1,
                         help="K processes share the shards (run one per --worker-index, e.g. "
                              "a job array: no scheduler needed); the last to finish writes the "
@@ -163,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rewrite this run's shards instead of resuming finished ones")
     ingest.set_defaults(command=run_ingest)
 
+
+def add_eda_command(commands) -> None:
+    """The ``eda`` command and its flags."""
     eda = commands.add_parser("eda", help="data set report: PNG charts and a Markdown summary")
     add_config_arguments(eda)
     eda.add_argument("--data", required=True, help="data set folder or CSV of recordings")
@@ -171,12 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     eda.add_argument("--examples", type=int, default=4, help="example log-mel images")
     eda.set_defaults(command=run_eda)
 
+
+def add_features_command(commands) -> None:
+    """The ``features`` command and its flags."""
     features = commands.add_parser("features", help="log-mel of a whole recording to .npy")
     add_config_arguments(features)
     features.add_argument("file", help="audio file")
     features.add_argument("--out", required=True, help="output .npy: float32 [frames, mels]")
     features.set_defaults(command=run_features)
 
+
+def add_train_command(commands) -> None:
+    """The ``train`` command and its flags."""
     train = commands.add_parser(
         "train", help="ingest if needed, train, score",
         description="Ingests the data set into records when they are missing or stale, "
@@ -184,48 +211,61 @@ def build_parser() -> argparse.ArgumentParser:
                     "layout is detected from its files (see --layout). Rerunning the command with the same --run-dir resumes a killed run; "
                     "a finished one needs --overwrite.")
     add_config_arguments(train)
-    train.add_argument("--data", help="data set folder or CSV (default: data.path of the "
-                                      "config; the demo config synthesises it when missing)")
-    train.add_argument("--records", help="records folder (default with --data: records/<data "
-                                         "set name>[-fold<K>], never the demo's; without "
-                                         "--data: data.records of the config, records/demo)")
+    add_config_flag(train, "--data", key="data.path",
+                    help="data set folder or CSV (default: data.path of the config; the demo "
+                         "config synthesises it when missing)")
+    add_config_flag(train, "--records", key="data.records",
+                    help="records folder (default with --data: records/<data set "
+                         "name>[-fold<K>], never the demo's; without --data: data.records "
+                         "of the config, records/demo)")
     add_layout_arguments(train)
     add_fold_arguments(train)
     train.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
-    train.add_argument("--epochs", type=int, help="= --set train.epochs=N")
-    train.add_argument("--weights", help="none | imagenet | PATH of ResNet50 notop weights")
-    train.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"],
-                       help="= train.strategy (multiworker reads the cluster from TF_CONFIG; "
-                            "tpu uses train.tpu)")
+    add_config_flag(train, "--epochs", key="train.epochs", type=int, help="= --set train.epochs=N")
+    add_config_flag(train, "--weights", key="model.weights",
+                    help="none | imagenet | PATH of ResNet50 notop weights")
+    add_config_flag(train, "--strategy", key="train.strategy",
+                    choices=["default", "mirrored", "multiworker", "tpu"],
+                    help="= train.strategy (multiworker reads the cluster from TF_CONFIG; "
+                         "tpu uses train.tpu)")
     train.add_argument("--reingest", action="store_true", help="rewrite existing records")
     train.add_argument("--overwrite", action="store_true",
                        help="train from scratch in a --run-dir that holds a finished run "
                             "(without it, that is refused; a killed run, with backup/, "
                             "always resumes)")
-    train.add_argument("--profile-batch", metavar="START,END",
-                       help="= train.profile_batch: trace training batches START..END "
-                            "(from 1) with the TensorBoard profiler into RUN/logs")
-    train.add_argument("--deterministic", action="store_true",
-                       help="= train.deterministic: enable TensorFlow op determinism")
-    train.add_argument("--data-service", metavar="grpc://HOST:PORT",
-                       help="= train.data_service: run the training input on this tf.data "
-                            "service (see data-service)")
+    add_config_flag(train, "--profile-batch", key="train.profile_batch",
+                    convert=parse_profile_batch, metavar="START,END",
+                    help="= train.profile_batch: trace training batches START..END "
+                         "(from 1) with the TensorBoard profiler into RUN/logs")
+    add_config_flag(train, "--deterministic", key="train.deterministic", action="store_true",
+                    help="= train.deterministic: enable TensorFlow op determinism")
+    add_config_flag(train, "--data-service", key="train.data_service",
+                    metavar="grpc://HOST:PORT",
+                    help="= train.data_service: run the training input on this tf.data "
+                         "service (see data-service)")
     train.set_defaults(command=run_train)
 
+
+def add_cv_command(commands) -> None:
+    """The ``cv`` command and its flags."""
     cv = commands.add_parser(
         "cv", help="cross-validation on the data set's folds, beside a logistic-regression "
                    "baseline -> cv.json, cv.md")
     add_config_arguments(cv)
     cv.add_argument("--data", required=True, help="data set (CSV or folder) with a fold column")
-    cv.add_argument("--fold-column", required=True, help="the column naming each recording's "
-                                                         "fold, e.g. fold")
+    add_config_flag(cv, "--fold-column", key="data.fold_column",
+                    required=True, help="the column naming each recording's fold, e.g. fold")
     cv.add_argument("--folds", nargs="+", help="folds to hold out (default: all)")
     cv.add_argument("--out", help="cv folder (default: runs/cv-<timestamp>, or the unfinished "
                                   "one of the same command)")
     add_layout_arguments(cv)
-    cv.add_argument("--strategy", choices=["default", "mirrored"], help="= train.strategy")
+    add_config_flag(cv, "--strategy", key="train.strategy", choices=["default", "mirrored"],
+                    help="= train.strategy")
     cv.set_defaults(command=run_cv)
 
+
+def add_evaluate_command(commands) -> None:
+    """The ``evaluate`` command and its flags."""
     evaluate = commands.add_parser(
         "evaluate", help="score a run on a split: metrics, per-class table, thresholds, plots")
     evaluate.add_argument("--run-dir", required=True, help="training run folder")
@@ -238,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "a sed model's framewise peaks fall (localization.csv/json)")
     evaluate.set_defaults(command=run_evaluate)
 
+
+def add_export_command(commands) -> None:
+    """The ``export`` command and its flags."""
     export = commands.add_parser("export", help="run -> SavedModel (TF Serving) [+ TFLite]")
     add_config_arguments(export)
     export.add_argument("--run-dir", help="training run (default: newest under train.runs_dir)")
@@ -255,12 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validation windows on which each TFLite variant is scored "
                              "against Keras (0 skips)")
     export.add_argument("--version", type=int, help="version folder (default: next integer)")
-    export.add_argument("--model-name", help="= export.model_name")
+    add_config_flag(export, "--model-name", key="export.model_name", help="= export.model_name")
     export.add_argument("--check-audio", default=None,
                         help="folder or file of recordings whose first windows (audio.window_s) "
                              "are used to check that Keras, SavedModel and TFLite agree "
                              "(default: the run's data set)")
     export.set_defaults(command=run_export)
+
+
+def add_analyze_command(commands) -> None:
+    """The ``analyze`` command and its flags (over 60 lines: one declaration per flag, in
+    help order, and each flag stands for one ``AnalyzeConfig`` field)."""
+    from tfbird.config import ANALYZE_FORMATS, AnalyzeConfig
+
+    analyze_defaults = AnalyzeConfig()  # analyze's flags default to None: these apply.
 
     analyze = commands.add_parser(
         "analyze", help="recordings -> detections (CSV, Raven, ...)",
@@ -270,50 +321,62 @@ def build_parser() -> argparse.ArgumentParser:
                               "paths (one per line)")
     analyze.add_argument("--model", required=True,
                          help="run folder, SavedModel export folder or .tflite file")
-    analyze.add_argument("--out", help=f"output folder (default: {analyze_defaults.out_dir})")
-    analyze.add_argument("--format", dest="formats", nargs="+", choices=ANALYZE_FORMATS,
-                         help="outputs per recording: csv (tfbird's: file,start_s,end_s,label,"
-                              "confidence), raven, birdnet_csv and kaleidoscope (BirdNET-"
-                              "Analyzer's tables, column for column), parquet (needs pyarrow), "
-                              "audacity (label track), json (default: "
-                              + " ".join(analyze_defaults.formats) + ")")
-    analyze.add_argument("--combine", action="store_true",
-                         help="also write one table over all recordings per table format "
-                              "(OUT/combined.selection.table.txt, ...); csv always has "
-                              "OUT/detections.csv")
-    analyze.add_argument("--overlap", type=float, help="window overlap (s)")
-    analyze.add_argument("--min-conf", type=float,
-                         help="smallest probability (for classes missing from --thresholds)")
-    analyze.add_argument("--thresholds", metavar="FILE",
-                         help="per-class thresholds: label,threshold CSV such as evaluate's "
-                              "thresholds.csv")
-    analyze.add_argument("--top-n", type=int, help="at most N labels per window")
-    analyze.add_argument("--merge-consecutive", action="store_true",
-                         help="one row per call spanning consecutive windows")
-    analyze.add_argument("--species-list", help="text file: only these labels")
-    analyze.add_argument("--lat", type=float, help="with --lon: only species BirdNET's location "
-                         "model expects there (labels matched by scientific name; others kept)")
-    analyze.add_argument("--lon", type=float, help="longitude, degrees east")
-    analyze.add_argument("--week", type=int,
-                         help="week of BirdNET's 48-week year (1-48), -1 all year (default)")
-    analyze.add_argument("--location-threshold", type=float,
-                         help=f"smallest occurrence score kept (default "
-                              f"{analyze_defaults.location_threshold}, BirdNET's)")
-    analyze.add_argument("--batch-size", type=int, help="windows per inference")
-    analyze.add_argument("--jobs", type=int, help="worker processes")
-    analyze.add_argument("--threads-per-job", type=int, metavar="N",
-                         help="threads of each worker process (default: the cores shared "
-                              "evenly among the workers)")
-    analyze.add_argument("--dask-scheduler", metavar="ADDRESS",
-                         help="send the files to this Dask scheduler, e.g. tcp://host:8786 "
-                              "(pip install 'tfbird[dask]'; workers must see the same paths)")
-    analyze.add_argument("--dask-local", type=int, metavar="N",
-                         help="send the files to a local Dask cluster of N worker processes")
-    analyze.add_argument("--overwrite", action="store_true",
-                         help="analyse again files whose outputs are up to date")
+    add_config_flag(analyze, "--out", key="analyze.out_dir",
+                    help=f"output folder (default: {analyze_defaults.out_dir})")
+    add_config_flag(analyze, "--format", key="analyze.formats", convert=unique_in_order,
+                    dest="formats", nargs="+", choices=ANALYZE_FORMATS,
+                    help="outputs per recording: csv (tfbird's: file,start_s,end_s,label,"
+                         "confidence), raven, birdnet_csv and kaleidoscope (BirdNET-"
+                         "Analyzer's tables, column for column), parquet (needs pyarrow), "
+                         "audacity (label track), json (default: "
+                         + " ".join(analyze_defaults.formats) + ")")
+    add_config_flag(analyze, "--combine", key="analyze.combine", action="store_true",
+                    help="also write one table over all recordings per table format "
+                         "(OUT/combined.selection.table.txt, ...); csv always has "
+                         "OUT/detections.csv")
+    add_config_flag(analyze, "--overlap", key="analyze.overlap_s", type=float,
+                    help="window overlap (s)")
+    add_config_flag(analyze, "--min-conf", key="analyze.min_conf", type=float,
+                    help="smallest probability (for classes missing from --thresholds)")
+    add_config_flag(analyze, "--thresholds", key="analyze.thresholds", metavar="FILE",
+                    help="per-class thresholds: label,threshold CSV such as evaluate's "
+                         "thresholds.csv")
+    add_config_flag(analyze, "--top-n", key="analyze.top_n", type=int,
+                    help="at most N labels per window")
+    add_config_flag(analyze, "--merge-consecutive", key="analyze.merge_consecutive",
+                    action="store_true", help="one row per call spanning consecutive windows")
+    add_config_flag(analyze, "--species-list", key="analyze.species_list",
+                    help="text file: only these labels")
+    add_config_flag(analyze, "--lat", key="analyze.latitude", type=float,
+                    help="with --lon: only species BirdNET's location model expects there "
+                         "(labels matched by scientific name; others kept)")
+    add_config_flag(analyze, "--lon", key="analyze.longitude", type=float,
+                    help="longitude, degrees east")
+    add_config_flag(analyze, "--week", key="analyze.week", type=int,
+                    help="week of BirdNET's 48-week year (1-48), -1 all year (default)")
+    add_config_flag(analyze, "--location-threshold", key="analyze.location_threshold",
+                    type=float, help=f"smallest occurrence score kept (default "
+                                     f"{analyze_defaults.location_threshold}, BirdNET's)")
+    add_config_flag(analyze, "--batch-size", key="analyze.batch_size", type=int,
+                    help="windows per inference")
+    add_config_flag(analyze, "--jobs", key="analyze.jobs", type=int, help="worker processes")
+    add_config_flag(analyze, "--threads-per-job", key="analyze.threads_per_job", type=int,
+                    metavar="N", help="threads of each worker process (default: the cores "
+                                      "shared evenly among the workers)")
+    add_config_flag(analyze, "--dask-scheduler", key="analyze.dask_scheduler",
+                    metavar="ADDRESS",
+                    help="send the files to this Dask scheduler, e.g. tcp://host:8786 "
+                         "(pip install 'tfbird[dask]'; workers must see the same paths)")
+    add_config_flag(analyze, "--dask-local", key="analyze.dask_local", type=int, metavar="N",
+                    help="send the files to a local Dask cluster of N worker processes")
+    add_config_flag(analyze, "--overwrite", key="analyze.overwrite", action="store_true",
+                    help="analyse again files whose outputs are up to date")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(command=run_analyze)
 
+
+def add_embed_command(commands) -> None:
+    """The ``embed`` command and its flags."""
     embed = commands.add_parser(
         "embed", help="recordings -> per-window embeddings of a pretrained backbone (BirdNET: "
                       "CC BY-NC-SA 4.0), to search with `tfbird search`")
@@ -327,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="overlap of consecutive windows, in seconds (default 0)")
     embed.set_defaults(command=run_embed)
 
+
+def add_search_command(commands) -> None:
+    """The ``search`` command and its flags."""
     search = commands.add_parser(
         "search", help="the windows of an embeddings folder most like a query window")
     search.add_argument("db", help="an embeddings folder from `tfbird embed`")
@@ -344,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "column to fill in) into DIR")
     search.set_defaults(command=run_search)
 
+
+def add_data_service_command(commands) -> None:
+    """The ``data-service`` command and its flags."""
     service = commands.add_parser(
         "data-service", help="run a tf.data service dispatcher or worker for train --data-service")
     role = service.add_mutually_exclusive_group(required=True)
@@ -356,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: its host name)")
     service.set_defaults(command=run_data_service)
 
+
+def add_bench_command(commands) -> None:
+    """The ``bench`` command and its flags."""
     bench = commands.add_parser("bench", help="benchmarks against librosa -> BENCHMARKS.md")
     add_config_arguments(bench)
     bench.add_argument("what", choices=["frontend", "ingest", "analyze", "training", "cv",
@@ -384,7 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed runs (median is reported)")
     bench.add_argument("--out", default="BENCHMARKS.md", help="Markdown file to update")
     bench.set_defaults(command=run_bench)
-    return parser
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -405,30 +476,71 @@ LAYOUTS_HELP = ("birdclef (train_metadata.csv + train_audio/), birdclef2025 (tra
 def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
     from tfbird.config import DATA_LAYOUTS
 
-    parser.add_argument("--layout", choices=DATA_LAYOUTS,
-                        help="= data.layout (default auto: detected from the files): "
-                             + LAYOUTS_HELP)
-    parser.add_argument("--label-column", help="= data.label_column: label column of Raven "
-                                               "selection tables (default Species)")
+    add_config_flag(parser, "--layout", key="data.layout", choices=DATA_LAYOUTS,
+                    help="= data.layout (default auto: detected from the files): "
+                         + LAYOUTS_HELP)
+    add_config_flag(parser, "--label-column", key="data.label_column",
+                    help="= data.label_column: label column of Raven selection tables "
+                         "(default Species)")
 
 
 def add_fold_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fold-column", help="= data.fold_column: the data set's fold column "
-                                              "(e.g. fold); replaces the random split")
-    parser.add_argument("--valid-fold", help="= data.valid_fold: the fold held out for "
-                                             "validation")
+    add_config_flag(parser, "--fold-column", key="data.fold_column",
+                    help="= data.fold_column: the data set's fold column (e.g. fold); "
+                         "replaces the random split")
+    add_config_flag(parser, "--valid-fold", key="data.valid_fold",
+                    help="= data.valid_fold: the fold held out for validation")
 
 
-def layout_overrides(args) -> list[str]:
-    """``--set`` strings for the data-set flags the user gave."""
-    values = (("data.layout", getattr(args, "layout", None)),
-              ("data.label_column", getattr(args, "label_column", None)),
-              ("data.fold_column", getattr(args, "fold_column", None)),
-              ("data.valid_fold", getattr(args, "valid_fold", None)),
-              ("data.min_overlap_s", getattr(args, "min_overlap_s", None)),
-              ("data.max_failures", getattr(args, "max_failures", None)),
-              ("data.store", getattr(args, "store", None)))
-    return set_strings(values)
+@dataclasses.dataclass(frozen=True)
+class ConfigFlag:
+    """A flag that stands for one config value.
+
+    Attributes:
+        dest: the flag's ``argparse`` destination (``args.<dest>``).
+        key: the config value it sets, ``section.field`` (``analyze.*``: ``AnalyzeConfig``).
+        convert: turns the flag's value into the config's (``None``: used as given).
+    """
+
+    dest: str
+    key: str
+    convert: Callable | None = None
+
+
+CONFIG_FLAGS = "config_flags"  # The args attribute listing a command's ConfigFlags.
+
+
+def add_config_flag(parser: argparse.ArgumentParser, *names: str, key: str,
+                    convert: Callable | None = None, **kwargs) -> None:
+    """Adds a flag that stands for the config value ``key``: given, it overrides that value
+    (``overrides_from_flags``); left out, it is ``None`` and the config's value stays. A
+    ``store_true`` flag counts as given only when set."""
+    if kwargs.get("action") == "store_true":
+        kwargs.setdefault("default", None)
+    action = parser.add_argument(*names, **kwargs)
+    known = parser.get_default(CONFIG_FLAGS) or ()
+    parser.set_defaults(**{CONFIG_FLAGS: (*known, ConfigFlag(action.dest, key, convert))})
+
+
+def config_flag_values(args) -> dict[str, object]:
+    """``{key: value}`` of the command's config flags that were given, converted."""
+    values = {}
+    for flag in getattr(args, CONFIG_FLAGS, ()):
+        value = getattr(args, flag.dest)
+        if value is not None:
+            values[flag.key] = value if flag.convert is None else flag.convert(value)
+    return values
+
+
+def overrides_from_flags(args) -> list[str]:
+    """``--set`` strings of the config flags given (``--epochs 3`` is ``train.epochs=3``);
+    ``load_config`` puts the user's own ``--set`` strings after them, so those win."""
+    return set_strings(config_flag_values(args).items())
+
+
+def unique_in_order(values: list[str]) -> tuple[str, ...]:
+    """``--format csv raven csv`` -> ``("csv", "raven")``."""
+    return tuple(dict.fromkeys(values))
 
 
 def set_strings(values) -> list[str]:
@@ -450,12 +562,13 @@ def parse_profile_batch(text: str | None) -> list[int] | None:
 
 
 def load_config(args, extra_overrides: list[str] = ()):
-
+    """The command's config: ``--config``, then its config flags (``overrides_from_flags``),
+    then ``extra_overrides``, then the user's ``--set`` strings (the last wins)."""
     path = resolve_config_path(args.config)
     if path is None and args.config != DEFAULT_CONFIG:
         path = args.config  # config.load names the missing file.
     # The default config missing (outside the repository): the built-in defaults.
-    return config.load(path, [*extra_overrides, *args.overrides])
+    return config.load(path, [*overrides_from_flags(args), *extra_overrides, *args.overrides])
 
 
 def resolve_config_path(name: str) -> Path | None:
@@ -487,7 +600,7 @@ def run_synth(args) -> int:
 def run_ingest(args) -> int:
     from tfbird import ingest
 
-    cfg = load_config(args, layout_overrides(args))
+    cfg = load_config(args)
     try:
         manifest = ingest.ingest(cfg, args.data, args.out, progress=not args.quiet,
                                  resume=not args.restart, workers=args.workers,
@@ -507,7 +620,7 @@ def run_eda(args) -> int:
     """
     from tfbird import eda
 
-    cfg = load_config(args, layout_overrides(args))
+    cfg = load_config(args)
     summary = eda.run_eda(cfg, args.data, args.out, num_examples=args.examples,
                           progress=not args.quiet)
     print(f"EDA of {summary['recordings']} recordings ({summary['hours']:.2f} h, "
@@ -561,19 +674,13 @@ def run_train(args) -> int:
     """
     from tfbird.catalog import default_records_dir
 
-    records = args.records
-    if args.data is not None and records is None:  # Never the config's (the demo's) records.
-        backbone = load_config(args, layout_overrides(args)).model.backbone
-        records = str(default_records_dir(args.data, args.valid_fold, backbone=backbone))
-        log.info("Records of %s: %s (--records chooses another folder)", args.data, records)
-    overrides = layout_overrides(args) + set_strings((
-        ("data.path", args.data), ("data.records", records),
-        ("train.epochs", args.epochs), ("model.weights", args.weights),
-        ("train.strategy", args.strategy),
-        ("train.profile_batch", parse_profile_batch(args.profile_batch)),
-        ("train.deterministic", args.deterministic or None),
-        ("train.data_service", args.data_service)))
-    cfg = load_config(args, overrides)
+    records = []
+    if args.data is not None and args.records is None:  # Never the config's (the demo's).
+        backbone = load_config(args).model.backbone
+        records_dir = default_records_dir(args.data, args.valid_fold, backbone=backbone)
+        log.info("Records of %s: %s (--records chooses another folder)", args.data, records_dir)
+        records = set_strings((("data.records", str(records_dir)),))
+    cfg = load_config(args, records)
     from tfbird import pipeline
 
     run_dir, scores = pipeline.prepare_and_train(
@@ -594,8 +701,7 @@ def run_cv(args) -> int:
     """
     from tfbird import cv
 
-    overrides = layout_overrides(args) + set_strings((("train.strategy", args.strategy),))
-    cfg = load_config(args, overrides)
+    cfg = load_config(args)
     summary = cv.run_cv(cfg, args.data, args.fold_column, folds=args.folds, out_dir=args.out,
                         progress=not args.quiet)
     cv_dir = Path(summary["cv_dir"])
@@ -648,7 +754,7 @@ def run_export(args) -> int:
                                                  limit=args.calibration_windows)
         print(f"int8 calibration: {len(calibration)} training windows from {records_dir}")
     result = exporter.export_run(run_dir, exports_dir=cfg.export.exports_dir,
-                                 model_name=args.model_name or cfg.export.model_name,
+                                 model_name=cfg.export.model_name,
                                  version=args.version, tflite=args.tflite or bool(args.quantize),
                                  quantize=quantize, calibration_waveforms=calibration)
     print(f"SavedModel: {result.saved_model_dir} ({result.saved_model_bytes / 1e6:.1f} MB, "
@@ -689,19 +795,9 @@ def run_analyze(args) -> int:
     from tfbird import analyze
     from tfbird.config import AnalyzeConfig
 
-    given = dict(
-        overlap_s=args.overlap, min_conf=args.min_conf, thresholds=args.thresholds,
-        top_n=args.top_n,
-        merge_consecutive=args.merge_consecutive, species_list=args.species_list,
-        formats=tuple(dict.fromkeys(args.formats)) if args.formats else None,
-        batch_size=args.batch_size, jobs=args.jobs, threads_per_job=args.threads_per_job,
-        dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
-        out_dir=args.out, overwrite=args.overwrite, combine=args.combine,
-        latitude=args.lat, longitude=args.lon, week=args.week,
-        location_threshold=args.location_threshold)
-    # A flag not given is None and leaves AnalyzeConfig's default, the only one written.
-    cfg = AnalyzeConfig(**{key: value for key, value in given.items()
-                           if value is not None}).validate()
+    # A flag not given leaves AnalyzeConfig's default, the only one written.
+    given = {key.partition(".")[2]: value for key, value in config_flag_values(args).items()}
+    cfg = AnalyzeConfig(**given).validate()
     summary = analyze.analyze(args.inputs, args.model, cfg, progress=not args.quiet)
     print(analyze.format_summary(summary))
     return EXIT_SOME_FAILED if summary.failed else 0

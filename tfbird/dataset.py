@@ -7,11 +7,12 @@ predictions line up with labels.
 
 Example:
     >>> manifest = read_manifest("records/demo")
-    >>> ds = make_dataset("records/demo", manifest, "valid", batch_size=32, training=False)
+    >>> ds = make_dataset("records/demo", manifest, "valid", batch_size=32)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -33,27 +34,14 @@ def shard_paths(records_dir: str | Path, manifest: dict, split: str) -> list[str
             for shard in manifest["splits"][split]["shards"] if shard["examples"] > 0]
 
 
-def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size: int,
-                 training: bool, seed: int = 0, shuffle_buffer_size: int = 2048,
-                 input_context: tf.distribute.InputContext | None = None,
-                 augment: AugmentConfig | None = None, task: str = "multilabel",
-                 secondary_label_weight: float = 1.0,
-                 data_service: str | None = None,
-                 frontend_in_model: bool = False,
-                 sampling: str = "natural") -> tf.data.Dataset:
-    """Reads one split as batches of ``(logmel, targets)``.
+@dataclasses.dataclass(frozen=True)
+class ReadSpec:
+    """How ``make_dataset`` reads a split: everything but the folder, split and batch size.
 
-    Args:
-        records_dir: folder with the shards and ``manifest.json``.
-        manifest: the parsed manifest (labels, feature shape, shards).
-        split: ``"train"`` or ``"valid"``.
-        batch_size: examples per batch of this pipeline (per replica under a strategy).
+    Attributes:
         training: shuffle files and examples, repeat forever and drop the last partial batch.
-        seed: shuffling seed.
+        seed: shuffling (and augmentation) seed.
         shuffle_buffer_size: examples in the shuffle buffer (training only).
-        input_context: from ``distribute_datasets_from_function``; each input pipeline (one
-            per worker) then reads its own subset of the files, or of each file's records
-            when there are fewer files than pipelines.
         augment: train-only augmentation of each batch (ignored when not ``training``).
         task: ``"multilabel"`` or ``"multiclass"``: the targets (``read_targets``).
         secondary_label_weight: the multilabel target of a secondary label.
@@ -66,9 +54,53 @@ def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size
             the manifest's front end here, and batches are log-mels whatever the store.
         sampling: ``"natural"`` (records as they come) or ``"balanced"`` (training only:
             ``sample_classes_evenly``).
+    """
+
+    training: bool = False
+    seed: int = 0
+    shuffle_buffer_size: int = 2048
+    augment: AugmentConfig | None = None
+    task: str = "multilabel"
+    secondary_label_weight: float = 1.0
+    data_service: str | None = None
+    frontend_in_model: bool = False
+    sampling: str = "natural"
+
+    @classmethod
+    def of_training(cls, cfg: config.Config) -> ReadSpec:
+        """The training read of ``cfg`` (``training.train`` and ``bench`` read with it)."""
+        return cls(training=True, seed=cfg.train.seed,
+                   shuffle_buffer_size=cfg.data.shuffle_buffer_size, augment=cfg.augment,
+                   task=cfg.model.task, secondary_label_weight=cfg.data.secondary_label_weight,
+                   data_service=cfg.train.data_service,
+                   frontend_in_model=cfg.model.frontend_in_model, sampling=cfg.data.sampling)
+
+    def for_validation(self) -> ReadSpec:
+        """The same read of the validation split: in order, not augmented, served here."""
+        return dataclasses.replace(self, training=False, augment=None, data_service=None,
+                                   sampling="natural")
+
+
+def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size: int,
+                 spec: ReadSpec = ReadSpec(),
+                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Reads one split as batches of ``(logmel, targets)``.
+
+    Args:
+        records_dir: folder with the shards and ``manifest.json``.
+        manifest: the parsed manifest (labels, feature shape, shards).
+        split: ``"train"`` or ``"valid"``.
+        batch_size: examples per batch of this pipeline (per replica under a strategy).
+        spec: how to read it (``ReadSpec``); the default reads in order, for evaluation.
+        input_context: from ``distribute_datasets_from_function``; each input pipeline (one
+            per worker) then reads its own subset of the files, or of each file's records
+            when there are fewer files than pipelines.
 
     Returns:
         A ``tf.data.Dataset`` of ``(float32 [batch, frames, mels], float32 [batch, classes])``.
+
+    Example:
+        >>> make_dataset("records/demo", manifest, "train", 32, ReadSpec(training=True))
     """
     files = shard_paths(records_dir, manifest, split)
     if not files:
@@ -76,14 +108,46 @@ def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size
                          f"Received: split={split!r}")
     num_classes = len(manifest["labels"])
     store = manifest.get("store", records.LOGMEL)
-    shape = input_shape(manifest, frontend_in_model)  # Checks the store.
+    shape = input_shape(manifest, spec.frontend_in_model)  # Checks the store.
     to_logmel = build_manifest_frontend(manifest) if store == records.PCM and not \
-        frontend_in_model else None
+        spec.frontend_in_model else None
 
+    dataset = read_shards(files, spec, input_context)
+    if spec.training and spec.sampling == "balanced":
+        dataset = sample_classes_evenly(dataset, files, num_classes, spec.seed)
+
+    def parse(serialized):
+        example = records.parse_example(serialized, num_classes,
+                                        tuple(manifest["feature"]["shape"]), store)
+        return example[store], read_targets(example[records.LABELS], example[records.SECONDARY],
+                                            spec.task, spec.secondary_label_weight)
+
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=not spec.training)
+    if spec.training:
+        dataset = dataset.shuffle(spec.shuffle_buffer_size, seed=spec.seed)
+    dataset = dataset.batch(batch_size, drop_remainder=spec.training)
+    if to_logmel is not None:  # PCM records: the same front end as ingest, on whole batches.
+        dataset = dataset.map(lambda x, y: (to_logmel(x), y),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    if spec.training and spec.augment is not None:
+        dataset = augment_batches(dataset, spec, shape, batch_size)
+    if spec.data_service:
+        # Each file goes to one service worker per epoch ("distributed_epoch"): with
+        # "parallel_epochs" every worker would make the same seeded stream.
+        dataset = dataset.apply(tf.data.experimental.service.distribute(
+            processing_mode="distributed_epoch", service=spec.data_service))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def read_shards(files: list[str], spec: ReadSpec,
+                input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+    """The serialized records of ``files``: shuffled by file (training), this pipeline's
+    share of them, repeated (training) and interleaved from several shards at once."""
     dataset = tf.data.Dataset.from_tensor_slices(files)
-    if training:
+    if spec.training:
         # Shuffle whole files first: cheap, and it varies which shards are read together.
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(files), seed=spec.seed, reshuffle_each_iteration=True)
     pipelines, pipeline_id = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
                               if input_context is not None else (1, 0))
     shard_records = pipelines > len(files)
@@ -99,46 +163,30 @@ def make_dataset(records_dir: str | Path, manifest: dict, split: str, batch_size
             return file_records.shard(pipelines, pipeline_id)
         return file_records
 
-    if training:
+    if spec.training:
         dataset = dataset.repeat()
     # Read several shards at once so one slow file does not stall the pipeline.
-    dataset = dataset.interleave(
+    return dataset.interleave(
         read_file, cycle_length=min(4, len(files)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    if training and sampling == "balanced":
-        dataset = sample_classes_evenly(dataset, files, num_classes, seed)
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not spec.training)
 
-    def parse(serialized):
-        example = records.parse_example(serialized, num_classes,
-                                        tuple(manifest["feature"]["shape"]), store)
-        return example[store], read_targets(
-            example[records.LABELS], example[records.SECONDARY], task, secondary_label_weight)
 
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    if training:
-        dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
-    if to_logmel is not None:  # PCM records: the same front end as ingest, on whole batches.
-        dataset = dataset.map(lambda x, y: (to_logmel(x), y),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-    if training and augment is not None:
-        # One stateless seed per batch from a seeded stream: reproducible augmentation.
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        inputs = [dataset, seeds]
-        if augment.background_dir:
-            inputs.append(background_dataset(augment.background_dir, shape, batch_size,
-                                             seed, shuffle_buffer_size, frontend_in_model))
-        augment_fn = augment_waveform_batch if frontend_in_model else augment_batch
-        dataset = tf.data.Dataset.zip(*inputs).map(
-            lambda batch, seed_pair, *background: augment_fn(*batch, augment, seed_pair,
-                                                             *background),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    if data_service:
-        # Each file goes to one service worker per epoch ("distributed_epoch"): with
-        # "parallel_epochs" every worker would make the same seeded stream.
-        dataset = dataset.apply(tf.data.experimental.service.distribute(
-            processing_mode="distributed_epoch", service=data_service))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+def augment_batches(dataset: tf.data.Dataset, spec: ReadSpec, shape: tuple[int, ...],
+                    batch_size: int) -> tf.data.Dataset:
+    """``spec.augment`` applied to each training batch (log-mels, or waveforms with
+    ``spec.frontend_in_model``), with its background batches when it names a folder."""
+    # One stateless seed per batch from a seeded stream: reproducible augmentation.
+    seeds = tf.data.Dataset.random(seed=spec.seed).batch(2)
+    inputs = [dataset, seeds]
+    if spec.augment.background_dir:
+        inputs.append(background_dataset(spec.augment.background_dir, shape, batch_size,
+                                         spec.seed, spec.shuffle_buffer_size,
+                                         spec.frontend_in_model))
+    augment_fn = augment_waveform_batch if spec.frontend_in_model else augment_batch
+    return tf.data.Dataset.zip(*inputs).map(
+        lambda batch, seed_pair, *background: augment_fn(*batch, spec.augment, seed_pair,
+                                                         *background),
+        num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def read_targets(labels: tf.Tensor, secondary: tf.Tensor, task: str = "multilabel",
@@ -295,25 +343,18 @@ def build_manifest_frontend(manifest: dict) -> LogMelSpectrogram:
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, records_dir: str | Path,
-                        manifest: dict, split: str, global_batch_size: int, training: bool,
-                        seed: int = 0, shuffle_buffer_size: int = 2048,
-                        augment: AugmentConfig | None = None, task: str = "multilabel",
-                        secondary_label_weight: float = 1.0, data_service: str | None = None,
-                        frontend_in_model: bool = False, sampling: str = "natural"):
+                        manifest: dict, split: str, global_batch_size: int,
+                        spec: ReadSpec = ReadSpec()):
     """``make_dataset`` per input pipeline through ``distribute_datasets_from_function``.
 
-    Evaluation batches (not ``training``) come as ``(x, targets, sample_weight)`` through
-    ``pad_to_full_steps``, so every replica gets a full batch at every step.
+    Evaluation batches (not ``spec.training``) come as ``(x, targets, sample_weight)``
+    through ``pad_to_full_steps``, so every replica gets a full batch at every step.
     """
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        dataset = make_dataset(records_dir, manifest, split, batch_size, training, seed,
-                               shuffle_buffer_size, input_context, augment, task=task,
-                               secondary_label_weight=secondary_label_weight,
-                               data_service=data_service, frontend_in_model=frontend_in_model,
-                               sampling=sampling)
-        if training:
+        dataset = make_dataset(records_dir, manifest, split, batch_size, spec, input_context)
+        if spec.training:
             return dataset
         replicas_per_pipeline = (input_context.num_replicas_in_sync
                                  // input_context.num_input_pipelines)

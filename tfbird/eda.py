@@ -34,7 +34,7 @@ import soundfile
 from tqdm.auto import tqdm
 
 from tfbird import catalog, config
-from tfbird.waveform import cut_windows, load_waveform
+from tfbird.waveform import load_waveform, stream_cut_windows
 
 SUMMARY_FILE = "eda.md"
 INFO_COLUMNS = ["duration_s", "sample_rate_hz", "channels", "format", "subtype", "info_error"]
@@ -264,7 +264,8 @@ def plot_example_logmels(examples: pd.DataFrame, cfg: config.Config, path: Path)
     figure, axes = plt.subplots(len(examples), 1, figsize=(8, 2.4 * len(examples)),
                                 squeeze=False)
     for axis, row in zip(axes[:, 0], examples.itertuples()):
-        windows, _ = cut_windows(load_waveform(row.path, cfg.audio.sample_rate_hz), cfg.audio)
+        waveform = load_waveform(row.path, cfg.audio.sample_rate_hz)
+        windows, _ = next(stream_cut_windows([waveform], cfg.audio))
         logmel = frontend(windows[:1])[0].numpy()
         axis.imshow(logmel.T, origin="lower", aspect="auto", cmap="magma",
                     extent=[0, cfg.audio.window_s, 0, cfg.frontend.n_mels])

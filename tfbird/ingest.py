@@ -276,37 +276,10 @@ def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
     rows = pd.concat([s.rows for s in shards]) if shards else pd.DataFrame(
         columns=catalog.CATALOG_COLUMNS)
     shard_of = np.repeat(np.arange(len(shards)), [len(s.rows) for s in shards])
-    remaining = [len(s.rows) for s in shards]
-    done = [{"ingested": [], "failures": [], "class_counts": np.zeros(len(labels), np.int64)}
-            for _ in shards]
-    writers: dict[int, tuple[contextlib.ExitStack, records.ShardWriter]] = {}
-    recordings: dict[int, tuple[records.PendingExamples, np.ndarray]] = {}
-    started, audio_s, num_windows = time.perf_counter(), 0.0, 0
-
-    def writer_of(index: int) -> records.ShardWriter:
-        if index not in writers:
-            stack = contextlib.ExitStack()
-            writers[index] = stack, stack.enter_context(
-                records.ShardWriter(out_dir / shards[index].name))
-        return writers[index][1]
-
-    def finish_shard(index: int) -> None:
-        shard, result = shards[index], done[index]
-        writer_of(index)  # A shard without ingested recordings is written empty.
-        stack, writer = writers.pop(index)
-        stack.close()  # Renames the shard into place.
-        order = {path: k for k, path in enumerate(shard.rows["path"])}
-        write_json_atomic({
-            "fingerprint": fingerprint, "file": shard.name, "split": shard.split,
-            "examples": writer.num_examples, "files": len(shard.rows),
-            "class_counts": result["class_counts"].tolist(),
-            "ingested": sorted(result["ingested"], key=lambda i: order[i["path"]]),
-            "failures": sorted(result["failures"], key=lambda f: order[f["path"]]),
-        }, out_dir / (shard.name + SIDECAR_SUFFIX))
-
+    state = ShardsInProgress(cfg, shards, labels, out_dir, fingerprint)
     try:
-        for index in [i for i, count in enumerate(remaining) if count == 0]:
-            finish_shard(index)
+        for index in [i for i, count in enumerate(state.remaining) if count == 0]:
+            state.finish_shard(index)
         blocks = iterate_windows(rows["path"].tolist(), cfg, rows["filename"].tolist(),
                                  [len(s.rows) for s in shards])
         # disable=None: tqdm stays quiet when stderr is not a terminal (logs, cluster jobs).
@@ -314,48 +287,116 @@ def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
                   disable=None if progress else True) as bar:
             for position, features, start_s, block_audio_s, error, last in blocks:
                 row, index = rows.iloc[position], shard_of[position]
-                if position not in recordings:
-                    spill = out_dir / f"{shards[index].name}.{position}{SPILL_SUFFIX}"
-                    recordings[position] = (records.PendingExamples(spill, PENDING_MEMORY_BYTES),
-                                            np.zeros(len(labels), np.int64))
-                pending, counts = recordings[position]
-                audio_s += block_audio_s
-                recording = catalog.recording_target(row.primary_label, row.secondary_labels,
-                                                     labels)
-                secondary = catalog.secondary_target(row.primary_label, row.secondary_labels,
-                                                     labels, row.boxes)
-                targets = catalog.window_targets(start_s, cfg.audio.window_s, labels, recording,
-                                                 row.boxes, cfg.data.min_overlap_s)
-                for feature, start, target in zip(features, start_s, targets):
-                    pending.add(records.to_example(feature, target, row.filename, float(start),
-                                                   cfg.data.store, secondary))
-                counts += (targets > 0).sum(axis=0, dtype=np.int64)
+                state.add_block(position, index, row, features, start_s, block_audio_s)
                 if not last:
                     continue
-                del recordings[position]
-                if error:
-                    pending.discard()
-                    done[index]["failures"].append({
-                        "path": row.path, "filename": row.filename,
-                        "reason": failure_reason(error), "detail": error})
-                else:
-                    pending.commit(writer_of(index))
-                    done[index]["class_counts"] += counts
-                    done[index]["ingested"].append({"path": row.path, "filename": row.filename,
-                                                    "windows": pending.num_examples})
-                    num_windows += pending.num_examples
-                remaining[index] -= 1
-                if remaining[index] == 0:
-                    finish_shard(index)
-                bar.set_postfix(audio_h=f"{audio_s / 3600:.2f}", refresh=False,
-                                windows_per_s=round(num_windows / (time.perf_counter() - started)))
+                state.finish_recording(position, index, row, error)
+                bar.set_postfix(audio_h=f"{state.audio_s / 3600:.2f}", refresh=False,
+                                windows_per_s=state.windows_per_s())
                 bar.update(1)
     except BaseException:
-        for stack, _ in writers.values():  # Unfinished shards: delete their temporary files.
-            stack.__exit__(*sys.exc_info())
-        for pending, _ in recordings.values():
-            pending.discard()
+        state.abort()
         raise
+
+
+class ShardsInProgress:
+    """What ``write_shards`` holds while it writes: each shard's open writer, its result so
+    far and its recordings still to finish, and each unfinished recording's examples.
+
+    Args:
+        cfg: the ingest settings (window length, label overlap, store).
+        shards: the shards being written, in plan order.
+        labels: the class list.
+        out_dir: the records folder.
+        fingerprint: the plan's fingerprint, written into each sidecar.
+    """
+
+    def __init__(self, cfg: config.Config, shards: list[ShardPlan], labels: list[str],
+                 out_dir: Path, fingerprint: str):
+        self.cfg, self.shards, self.labels = cfg, shards, labels
+        self.out_dir, self.fingerprint = out_dir, fingerprint
+        self.remaining = [len(s.rows) for s in shards]
+        self.done = [{"ingested": [], "failures": [],
+                      "class_counts": np.zeros(len(labels), np.int64)} for _ in shards]
+        self.writers: dict[int, tuple[contextlib.ExitStack, records.ShardWriter]] = {}
+        self.recordings: dict[int, tuple[records.PendingExamples, np.ndarray]] = {}
+        self.started, self.audio_s, self.num_windows = time.perf_counter(), 0.0, 0
+
+    def writer_of(self, index: int) -> records.ShardWriter:
+        """Shard ``index``'s writer, opened on first use."""
+        if index not in self.writers:
+            stack = contextlib.ExitStack()
+            self.writers[index] = stack, stack.enter_context(
+                records.ShardWriter(self.out_dir / self.shards[index].name))
+        return self.writers[index][1]
+
+    def finish_shard(self, index: int) -> None:
+        """Closes shard ``index`` (renamed into place), then writes its sidecar."""
+        shard, result = self.shards[index], self.done[index]
+        self.writer_of(index)  # A shard without ingested recordings is written empty.
+        stack, writer = self.writers.pop(index)
+        stack.close()  # Renames the shard into place.
+        order = {path: k for k, path in enumerate(shard.rows["path"])}
+        write_json_atomic({
+            "fingerprint": self.fingerprint, "file": shard.name, "split": shard.split,
+            "examples": writer.num_examples, "files": len(shard.rows),
+            "class_counts": result["class_counts"].tolist(),
+            "ingested": sorted(result["ingested"], key=lambda i: order[i["path"]]),
+            "failures": sorted(result["failures"], key=lambda f: order[f["path"]]),
+        }, self.out_dir / (shard.name + SIDECAR_SUFFIX))
+
+    def add_block(self, position: int, index: int, row, features: np.ndarray,
+                  start_s: np.ndarray, block_audio_s: float) -> None:
+        """Holds one block's windows of recording ``position`` (of shard ``index``) as
+        pending examples, with their targets."""
+        if position not in self.recordings:
+            spill = self.out_dir / f"{self.shards[index].name}.{position}{SPILL_SUFFIX}"
+            self.recordings[position] = (records.PendingExamples(spill, PENDING_MEMORY_BYTES),
+                                         np.zeros(len(self.labels), np.int64))
+        pending, counts = self.recordings[position]
+        self.audio_s += block_audio_s
+        labels, cfg = self.labels, self.cfg
+        recording = catalog.recording_target(row.primary_label, row.secondary_labels, labels)
+        secondary = catalog.secondary_target(row.primary_label, row.secondary_labels, labels,
+                                             row.boxes)
+        targets = catalog.window_targets(start_s, cfg.audio.window_s, labels, recording,
+                                         row.boxes, cfg.data.min_overlap_s)
+        for feature, start, target in zip(features, start_s, targets):
+            pending.add(records.to_example(feature, target, row.filename, float(start),
+                                           cfg.data.store, secondary))
+        counts += (targets > 0).sum(axis=0, dtype=np.int64)
+
+    def finish_recording(self, position: int, index: int, row, error: str | None) -> None:
+        """Recording ``position`` is done: its examples go into its shard (or, after an
+        ``error``, are dropped and the failure noted); its shard is finished when it was
+        the shard's last recording."""
+        pending, counts = self.recordings.pop(position)
+        result = self.done[index]
+        if error:
+            pending.discard()
+            result["failures"].append({"path": row.path, "filename": row.filename,
+                                       "reason": failure_reason(error), "detail": error})
+        else:
+            pending.commit(self.writer_of(index))
+            result["class_counts"] += counts
+            result["ingested"].append({"path": row.path, "filename": row.filename,
+                                       "windows": pending.num_examples})
+            self.num_windows += pending.num_examples
+        self.remaining[index] -= 1
+        if self.remaining[index] == 0:
+            self.finish_shard(index)
+
+    def windows_per_s(self) -> int:
+        """Windows written per second since the start (the progress bar's rate)."""
+        return round(self.num_windows / (time.perf_counter() - self.started))
+
+    def abort(self) -> None:
+        """After an exception (call it in the ``except`` block): deletes the unfinished
+        shards' temporary files and the pending examples."""
+        for stack, _ in self.writers.values():
+            stack.__exit__(*sys.exc_info())
+        for pending, _ in self.recordings.values():
+            pending.discard()
 
 
 def write_shards_on_dask(cfg: config.Config, shards: list[ShardPlan], labels: list[str],

@@ -499,21 +499,18 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     if cfg.model.head == "sed":
         log_sed_time_resolution(model, cfg.audio.window_s)
 
-    read = dict(records_dir=records_dir, manifest=manifest,
-                global_batch_size=cfg.train.global_batch_size, seed=cfg.train.seed,
-                shuffle_buffer_size=cfg.data.shuffle_buffer_size, task=cfg.model.task,
-                secondary_label_weight=cfg.data.secondary_label_weight,
-                frontend_in_model=cfg.model.frontend_in_model)
-    train_data = dataset.distributed_dataset(strategy, split="train", training=True,
-                                             augment=cfg.augment, sampling=cfg.data.sampling,
-                                             data_service=cfg.train.data_service, **read)
-    valid_data = dataset.distributed_dataset(strategy, split="valid", training=False, **read)
+    read = dataset.ReadSpec.of_training(cfg)
+    train_data = dataset.distributed_dataset(strategy, records_dir, manifest, "train",
+                                             cfg.train.global_batch_size, read)
+    valid_data = dataset.distributed_dataset(strategy, records_dir, manifest, "valid",
+                                             cfg.train.global_batch_size, read.for_validation())
     if not epochs_done and not embedding_records(manifest):
         # A small shuffle buffer: a few examples, not a full buffer, read.
+        images_read = dataclasses.replace(read, shuffle_buffer_size=16 * INPUT_IMAGES,
+                                          data_service=None, frontend_in_model=False,
+                                          sampling="natural")
         write_input_images(output_dir / LOGS_DIR / "train", labels, dataset.make_dataset(
-            records_dir, manifest, "train", INPUT_IMAGES, training=True, seed=cfg.train.seed,
-            shuffle_buffer_size=16 * INPUT_IMAGES, augment=cfg.augment,
-            task=cfg.model.task, secondary_label_weight=cfg.data.secondary_label_weight))
+            records_dir, manifest, "train", INPUT_IMAGES, images_read))
     # No validation_steps: Keras 3.15 then reads the validation set to its end with a fresh
     # iterator every epoch. With validation_steps, under a strategy, its symbolic build takes
     # one batch from the cached validation iterator, which the previous epoch left exhausted
@@ -870,10 +867,9 @@ def predict_split(model: keras.Model, records_dir: str | Path, manifest: dict, s
     (``dataset.positive_targets``). The probabilities are the sigmoid of the logits, or
     their softmax for ``task="multiclass"``.
     """
-    data = dataset.make_dataset(records_dir, manifest, split, batch_size, training=False,
-                                task=task, secondary_label_weight=secondary_label_weight,
-                                frontend_in_model=len(model.input_shape) == 2
-                                and not embedding_records(manifest))
+    data = dataset.make_dataset(records_dir, manifest, split, batch_size, dataset.ReadSpec(
+        task=task, secondary_label_weight=secondary_label_weight,
+        frontend_in_model=len(model.input_shape) == 2 and not embedding_records(manifest)))
     y_true, logits = [], []
     for x, y in data:  # One pass over the records: labels and predictions stay aligned.
         logits.append(model.predict_on_batch(x))

@@ -3,12 +3,12 @@
 Decoding uses soundfile (libsndfile: WAV, FLAC, OGG Vorbis, Opus, MP3, ...), downmixes by the
 channel mean and resamples with soxr's high quality mode: the same steps and defaults as
 ``librosa.load(path, sr=..., mono=True)``, which is the reference. Decoding is plain numpy (it
-runs inside tf.data through ``tf.numpy_function``; libsndfile and soxr release the GIL). Cutting
-windows is graph code.
+runs inside tf.data through ``tf.numpy_function``; libsndfile and soxr release the GIL), and so
+is cutting windows: ``stream_windows``, block by block, with the tail rule a parameter.
 
 Example:
     >>> waveform = load_waveform("call.flac", sample_rate_hz=32000)
-    >>> windows, starts = cut_windows(waveform, AudioConfig())
+    >>> windows = np.concatenate([w for w, _ in stream_cut_windows([waveform], AudioConfig())])
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
-import tensorflow as tf
 
 from tfbird.config import AudioConfig
 
@@ -261,113 +260,147 @@ def decode_error_message(error: Exception) -> str:
     return f"unreadable: {type(error).__name__}: {error}"
 
 
-def cut_windows(waveform: tf.Tensor, audio: AudioConfig) -> tuple[tf.Tensor, tf.Tensor]:
-    """Cuts a waveform into windows of ``audio.window_s`` every ``audio.hop_s`` (graph code).
-
-    A window reaching past the end is filled by ``audio.pad_mode`` (zeros, or the recording
-    repeated). Tail windows holding less than ``audio.min_window_fraction`` of real audio are
-    dropped, but the first window is always kept, so every non-empty recording gives at
-    least one window.
-
-    Args:
-        waveform: float32 ``[samples]`` at ``audio.sample_rate_hz``.
-        audio: window length, hop and padding rule.
-
-    Returns:
-        ``(windows, start_s)``: float32 ``[num_windows, window_samples]`` and the start time of
-        each window in seconds ``[num_windows]``.
-    """
-    waveform = tf.convert_to_tensor(waveform, tf.float32)
-    window, hop = audio.window_samples, audio.hop_samples
-    num_samples = tf.shape(waveform)[0]
-    starts = tf.range(0, tf.maximum(num_samples, 1), hop)
-    real_fraction = tf.cast(tf.minimum(num_samples - starts, window), tf.float32) / window
-    keep = tf.logical_or(tf.range(tf.size(starts)) == 0,
-                         real_fraction >= audio.min_window_fraction)
-    num_windows = tf.reduce_sum(tf.cast(keep, tf.int32))
-    needed = (num_windows - 1) * hop + window
-    padded = pad_to_length(waveform, needed, audio.pad_mode)
-    windows = tf.signal.frame(padded, window, hop)[:num_windows]
-    start_s = tf.cast(starts[:num_windows], tf.float32) / audio.sample_rate_hz
-    return windows, start_s
+MIN_FRACTION = "min_fraction"  # Training windows (ingest, EDA): see stream_windows.
+END_ALIGNED = "end_aligned"  # Analysis windows (analyze, embed): see stream_windows.
+TAIL_RULES = (MIN_FRACTION, END_ALIGNED)
 
 
-def pad_to_length(waveform: tf.Tensor, length: tf.Tensor, pad_mode: str) -> tf.Tensor:
-    """Pads (``"zeros"``) or tiles (``"repeat"``) ``waveform`` to at least ``length`` samples."""
-    num_samples = tf.shape(waveform)[0]
-    if pad_mode == "repeat":
-        repeats = (length + num_samples - 1) // tf.maximum(num_samples, 1)
-        return tf.tile(waveform, [tf.maximum(repeats, 1)])
-    if pad_mode == "zeros":
-        return tf.pad(waveform, [[0, tf.maximum(length - num_samples, 0)]])
-    raise ValueError(f"pad_mode must be 'zeros' or 'repeat'. Received: pad_mode={pad_mode!r}")
+def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
+                   pad_mode: str = "zeros", tail: str = MIN_FRACTION,
+                   min_window_fraction: float = 0.5
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Cuts a waveform that arrives in blocks into windows: the one windowing rule of
+    ingest, EDA and analyze.
 
+    Windows start every ``hop_samples``; each block's complete windows are yielded as soon
+    as the block arrives. ``tail`` says how the end of the recording is covered:
 
-def stream_cut_windows(blocks: Iterable[np.ndarray], audio: AudioConfig
-                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``cut_windows`` over a waveform that arrives in blocks (numpy), window for window.
+    - ``"min_fraction"`` (training records): the windows reaching past the end, padded by
+      ``pad_mode``, while they hold at least ``min_window_fraction`` of real audio (compared
+      in float32); the first window of a recording is always kept, so every non-empty
+      recording gives at least one window.
+    - ``"end_aligned"`` (analysis): if the last full window ends before the recording does,
+      one more window ends exactly at the end; a recording shorter than one window gives
+      one window at 0, padded by ``pad_mode`` as its training windows were.
 
-    Yields each block's complete windows as soon as they are complete, and at the end the
-    tail windows that ``cut_windows`` keeps, padded by ``audio.pad_mode``. Holds at most one
-    window plus one block of audio, and the first window of the recording for ``repeat``
-    padding (a padded tail continues with the start of the recording, as ``tf.tile``).
+    Holds at most one window plus one block of audio, and the recording's first window for
+    ``"repeat"`` padding (a padded tail continues with the start of the recording, as
+    ``tf.tile`` would).
 
     Args:
-        blocks: float32 blocks ``[samples]`` at ``audio.sample_rate_hz`` (e.g. from
-            ``stream_waveform``); their concatenation is the recording.
-        audio: window length, hop, padding rule and ``min_window_fraction``.
+        blocks: float32 blocks ``[samples]`` (e.g. from ``stream_waveform``); their
+            concatenation is the recording.
+        window_samples: samples per window.
+        hop_samples: samples from one window's start to the next; at most
+            ``window_samples`` for ``"end_aligned"``.
+        pad_mode: ``"zeros"``, or ``"repeat"`` to continue with the recording's start.
+        tail: one of ``TAIL_RULES``.
+        min_window_fraction: ``"min_fraction"``: the real audio a tail window needs, in
+            [0, 1] of a window.
 
     Yields:
-        ``(windows, start_s)``: float32 ``[k, window_samples]`` and ``[k]`` (seconds), the
-        same values as ``cut_windows`` of the whole recording.
+        ``(start_samples, windows)``: int64 ``[k]`` and float32 ``[k, window_samples]``.
 
     Example:
-        >>> for windows, start_s in stream_cut_windows(stream_waveform(path, 32000), audio):
-        ...     ...
+        >>> blocks = [np.ones(7, np.float32), np.ones(9, np.float32)]
+        >>> [starts.tolist() for starts, _ in stream_windows(blocks, 10, 5)]
+        [[0, 5], [10]]
+        >>> [starts.tolist() for starts, _ in stream_windows(blocks, 10, 5, tail="end_aligned")]
+        [[0, 5], [6]]
     """
-    window, hop = audio.window_samples, audio.hop_samples
+    check_window_arguments(window_samples, hop_samples, tail)
     buffer = np.zeros(0, np.float32)
     buffer_start = 0  # Sample index (in the recording) of buffer[0].
     head = np.zeros(0, np.float32)  # The recording's first window, for repeat padding.
     next_start = num_samples = 0
     for block in blocks:
         block = np.asarray(block, np.float32)
-        if len(head) < window:
-            head = np.concatenate([head, block[:window - len(head)]])
+        if len(head) < window_samples:
+            head = np.concatenate([head, block[:window_samples - len(head)]])
         buffer = np.concatenate([buffer, block])
         num_samples += len(block)
-        starts = np.arange(next_start, num_samples - window + 1, hop)
+        starts = np.arange(next_start, num_samples - window_samples + 1, hop_samples)
         if len(starts):
-            yield frame_windows(buffer, starts - buffer_start, window), seconds(starts, audio)
-            next_start = int(starts[-1]) + hop
-        drop = min(next_start - buffer_start, len(buffer))
+            yield starts, frame_windows(buffer, starts - buffer_start, window_samples)
+            next_start = int(starts[-1]) + hop_samples
+        # Keep what the next window needs (end_aligned: and the last window's worth).
+        keep_from = next_start if tail == MIN_FRACTION else min(next_start,
+                                                                num_samples - window_samples)
+        drop = min(max(keep_from - buffer_start, 0), len(buffer))
         buffer, buffer_start = buffer[drop:], buffer_start + drop
-    starts = tail_window_starts(next_start, num_samples, audio)
+    if tail == MIN_FRACTION:
+        starts = tail_window_starts(next_start, num_samples, window_samples, hop_samples,
+                                    min_window_fraction)
+    else:
+        starts = end_aligned_tail_start(next_start, num_samples, window_samples, hop_samples)
     if len(starts):
-        missing = int(starts[-1]) + window - num_samples
-        if audio.pad_mode == "repeat":
-            padding = head[np.arange(missing) % max(len(head), 1)]
-        else:
-            padding = np.zeros(missing, np.float32)
-        padded = np.concatenate([buffer, padding])
-        yield frame_windows(padded, starts - buffer_start, window), seconds(starts, audio)
+        missing = max(int(starts[-1]) + window_samples - num_samples, 0)
+        padded = np.concatenate([buffer, padding(head, missing, pad_mode)])
+        yield starts, frame_windows(padded, starts - buffer_start, window_samples)
 
 
-def tail_window_starts(first_start: int, num_samples: int, audio: AudioConfig) -> np.ndarray:
-    """Starts from ``first_start`` on of the windows reaching past the end that
-    ``cut_windows`` keeps: the first window of a recording always, others while their real
-    audio is at least ``audio.min_window_fraction`` (compared in float32, as the graph)."""
-    starts = np.arange(first_start, max(num_samples, 1), audio.hop_samples)
-    real = np.minimum(num_samples - starts, audio.window_samples).astype(np.float32)
-    keep = (starts == 0) | (real / np.float32(audio.window_samples)
-                            >= np.float32(audio.min_window_fraction))
+def check_window_arguments(window_samples: int, hop_samples: int, tail: str) -> None:
+    """``ValueError`` for an unknown tail rule, or a hop that ``"end_aligned"`` cannot use."""
+    if tail not in TAIL_RULES:
+        raise ValueError(f"tail must be one of {TAIL_RULES}. Received: tail={tail!r}")
+    if tail == END_ALIGNED and not 0 < hop_samples <= window_samples:
+        raise ValueError(f"hop_samples must be in (0, window_samples]. "
+                         f"Received: hop_samples={hop_samples}, window_samples={window_samples}")
+
+
+def padding(head: np.ndarray, num_samples: int, pad_mode: str) -> np.ndarray:
+    """``num_samples`` of padding: zeros, or (``"repeat"``) ``head`` tiled from its start."""
+    if pad_mode == "repeat":
+        return head[np.arange(num_samples) % max(len(head), 1)]
+    if pad_mode == "zeros":
+        return np.zeros(num_samples, np.float32)
+    raise ValueError(f"pad_mode must be 'zeros' or 'repeat'. Received: pad_mode={pad_mode!r}")
+
+
+def stream_cut_windows(blocks: Iterable[np.ndarray], audio: AudioConfig
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``stream_windows`` with the training windows of ``audio`` (``"min_fraction"``), as
+    ``(windows, start_s)``: float32 ``[k, window_samples]`` and ``[k]`` seconds.
+
+    Example:
+        >>> for windows, start_s in stream_cut_windows(stream_waveform(path, 32000), audio):
+        ...     ...
+    """
+    for starts, windows in stream_windows(blocks, audio.window_samples, audio.hop_samples,
+                                          audio.pad_mode, MIN_FRACTION,
+                                          audio.min_window_fraction):
+        yield windows, seconds(starts, audio)
+
+
+def tail_window_starts(first_start: int, num_samples: int, window_samples: int,
+                       hop_samples: int, min_window_fraction: float) -> np.ndarray:
+    """``"min_fraction"``: starts from ``first_start`` on of the windows reaching past the
+    end that are kept: the first window of a recording always, others while their real
+    audio is at least ``min_window_fraction`` of a window (compared in float32)."""
+    starts = np.arange(first_start, max(num_samples, 1), hop_samples)
+    real = np.minimum(num_samples - starts, window_samples).astype(np.float32)
+    keep = (starts == 0) | (real / np.float32(window_samples)
+                            >= np.float32(min_window_fraction))
     return starts[:np.argmin(keep) if not keep.all() else len(keep)]
 
 
+def end_aligned_tail_start(next_start: int, num_samples: int, window_samples: int,
+                           hop_samples: int) -> np.ndarray:
+    """``"end_aligned"``: ``[0]`` for a recording shorter than a window, ``[num_samples -
+    window_samples]`` when the last full window ends before the recording, else ``[]``."""
+    if num_samples and next_start == 0:
+        return np.zeros(1, np.int64)
+    if next_start and next_start - hop_samples + window_samples < num_samples:
+        return np.array([num_samples - window_samples], np.int64)
+    return np.zeros(0, np.int64)
+
+
 def count_windows(num_samples: int, audio: AudioConfig) -> int:
-    """Windows ``cut_windows`` gives for a recording of ``num_samples`` samples."""
+    """Windows ``stream_cut_windows`` gives for a recording of ``num_samples`` samples."""
     full = max(0, (num_samples - audio.window_samples) // audio.hop_samples + 1)
-    return full + len(tail_window_starts(full * audio.hop_samples, num_samples, audio))
+    return full + len(tail_window_starts(full * audio.hop_samples, num_samples,
+                                         audio.window_samples, audio.hop_samples,
+                                         audio.min_window_fraction))
 
 
 def frame_windows(waveform: np.ndarray, offsets: np.ndarray, window: int) -> np.ndarray:
@@ -376,5 +409,5 @@ def frame_windows(waveform: np.ndarray, offsets: np.ndarray, window: int) -> np.
 
 
 def seconds(start_samples: np.ndarray, audio: AudioConfig) -> np.ndarray:
-    """Start samples -> float32 seconds, rounded as ``cut_windows`` (float32 division)."""
+    """Start samples -> float32 seconds (float32 division, as the records have always held)."""
     return start_samples.astype(np.float32) / np.float32(audio.sample_rate_hz)
