@@ -97,8 +97,8 @@ def test_folded_regression_multilabel_is_one_binary_regression_per_class():
 
 def records_logmels(records_dir, manifest, split):
     logmels, targets = [], []
-    for x, y in dataset.make_dataset(records_dir, manifest, split, 8, training=False,
-                                     task="multiclass"):
+    for x, y in dataset.make_dataset(records_dir, manifest, split, 8,
+                                     dataset.ReadSpec(task="multiclass")):
         logmels.append(x.numpy())
         targets.append(y.numpy())
     return np.concatenate(logmels), np.concatenate(targets)

@@ -115,8 +115,8 @@ def statistics_of_split(fused: keras.Model, records_dir, manifest: dict, split: 
     a split, computed by the fused classifier's own ``logmel_statistics`` layer (so the fit reads
     exactly what the exported model computes), without augmentation."""
     features_model = keras.Model(fused.input, fused.get_layer(FEATURES_LAYER).output)
-    data = dataset.make_dataset(records_dir, manifest, split, batch_size, training=False,
-                                task=task)
+    data = dataset.make_dataset(records_dir, manifest, split, batch_size,
+                                dataset.ReadSpec(task=task))
     features, targets = [], []
     for logmel, y in data:
         features.append(np.asarray(features_model.predict_on_batch(logmel), np.float64))
