@@ -100,3 +100,28 @@ def test_training_with_the_front_end_in_the_model_then_export(pcm_records, tmp_p
     expected = tf.sigmoid(trained(waveforms[:3], training=False)).numpy()
     assert probabilities.shape == (3, 2)
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_the_statistics_regression_fuses_into_a_model_with_the_front_end(pcm_records,
+                                                                         tmp_path):
+    import keras
+
+    from tfbird import statistics_head, training
+    from tfbird.model import logmel_classifier
+
+    cfg = tiny_config(tmp_path, data={"records": str(pcm_records), "store": "pcm"},
+                      model={"frontend_in_model": True, "statistics_weight": 0.5},
+                      train={"strategy": "default"})
+    run_dir, _ = training.train(cfg, pcm_records, run_dir=tmp_path / "run", progress=False)
+    trained = keras.models.load_model(run_dir / "model.keras", compile=False)
+    assert trained.input_shape == (None, 160000)
+    classifier = logmel_classifier(trained)
+    assert statistics_head.has_statistics_head(classifier)
+    assert np.abs(classifier.get_layer("statistics_logits").get_weights()[0]).max() > 0
+
+    result = exporter.export_run(run_dir, exports_dir=tmp_path / "exports")
+    serve = tf.saved_model.load(str(result.saved_model_dir)).signatures["serving_default"]
+    waveforms, _ = batches(pcm_records, "valid", frontend_in_model=True)
+    probabilities = serve(waveform=tf.constant(waveforms[:3]))["probabilities"].numpy()
+    expected = tf.sigmoid(trained(waveforms[:3], training=False)).numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)

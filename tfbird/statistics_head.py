@@ -4,7 +4,8 @@ After the network is trained, ``add_statistics_head`` fits scikit-learn's ``Stan
 ``LogisticRegression(C=0.1)`` on each training window's per-mel mean and standard deviation
 over time of its log-mel (dB): the features of ``tfbird cv``'s baseline. The regression goes
 into the classifier as fixed layers (``logmel_statistics``, ``statistics_logits``,
-``statistics_fusion``: ``model.LogMelStatistics``, ``Dense``, ``model.StatisticsFusion``), and the classifier's logits become, with ``w = statistics_weight``,
+``statistics_fusion``: ``model.LogMelStatistics``, ``Dense``, ``model.StatisticsFusion``),
+and the classifier's logits become, with ``w = statistics_weight``,
 
     multiclass:  (1 - w) * log_softmax(network logits) + w * log_softmax(statistics logits)
     multilabel:  (1 - w) * network logits + w * statistics logits
@@ -58,9 +59,9 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, task: str
         targets: 0/1 ``[examples, classes]``.
         task: ``multiclass`` (one multinomial regression on each example's positive class,
             examples without one left out; a class absent from training gets
-            ``ABSENT_CLASS_LOGIT``) or
-            ``multilabel`` (one binary regression per class; a class that is always or never
-            present gets a constant logit of ±``ABSENT_CLASS_LOGIT``).
+            ``ABSENT_CLASS_LOGIT``) or ``multilabel`` (one binary regression per class; a
+            class that is always or never present gets a constant logit of
+            ±``ABSENT_CLASS_LOGIT``).
     """
     scaler = StandardScaler().fit(features)
     scaled = scaler.transform(features)
@@ -98,7 +99,7 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, task: str
 def build_fused_classifier(classifier: keras.Model, weight: float, task: str) -> keras.Model:
     """``classifier`` (log-mel -> logits) with the statistics layers beside it and its output
     fused (``StatisticsFusion``); the regression's kernel is zero until
-    ``set_statistics_regression``. Shares the network's layers and weights."""
+    ``add_statistics_head`` sets it. Shares the network's layers and weights."""
     num_classes = classifier.output.shape[-1]
     statistics = LogMelStatistics(name=FEATURES_LAYER)(classifier.input)
     statistics_logits = keras.layers.Dense(num_classes, dtype="float32", trainable=False,
@@ -112,8 +113,8 @@ def build_fused_classifier(classifier: keras.Model, weight: float, task: str) ->
 def statistics_of_split(fused: keras.Model, records_dir, manifest: dict, split: str,
                         batch_size: int, task: str) -> tuple[np.ndarray, np.ndarray]:
     """``(features [windows, 2 * mels], 0/1 targets [windows, classes])`` of every window of
-    a split, computed by the fused classifier's own ``logmel_statistics`` layer (so the fit reads
-    exactly what the exported model computes), without augmentation."""
+    a split, computed by the fused classifier's own ``logmel_statistics`` layer (so the fit
+    reads exactly what the exported model computes), without augmentation."""
     features_model = keras.Model(fused.input, fused.get_layer(FEATURES_LAYER).output)
     data = dataset.make_dataset(records_dir, manifest, split, batch_size,
                                 dataset.ReadSpec(task=task))
