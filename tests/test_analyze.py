@@ -1,6 +1,7 @@
 """Analysis: streaming decode, windowing with overlap, merging calls, outputs that cover each
 recording, resuming, the error log, and a 2-minute real recording."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -92,6 +93,35 @@ def test_a_clip_shorter_than_the_window_is_padded_as_ingest_pads_it(pad_mode):
     assert start == 0
     np.testing.assert_array_equal(analyzed, expected)
     np.testing.assert_array_equal(trained[0], expected)
+
+
+def test_the_training_tail_rule_scores_the_windows_ingest_cuts(tmp_path):
+    """A 5-s clip, 3-s windows every 0.5 s (as BirdNET records of ESC-10): ingest cuts 8
+    windows, the last three padded with the clip's start; ``tail="min_fraction"`` scores
+    those 8, the default end-aligned rule 5."""
+    from tfbird.config import AudioConfig
+    from tfbird.waveform import stream_cut_windows
+
+    rate = 100
+    clip = np.random.default_rng(0).normal(size=5 * rate).astype(np.float32)
+    soundfile.write(tmp_path / "clip.wav", clip, rate, subtype="FLOAT")
+    audio = AudioConfig(sample_rate_hz=rate, window_s=3.0, hop_s=0.5, pad_mode="repeat")
+    trained = np.concatenate([w for w, _ in stream_cut_windows([clip], audio)])
+    info = dataclasses.replace(fake_info(sample_rate_hz=rate, window_s=3.0), pad_mode="repeat",
+                               min_window_fraction=audio.min_window_fraction)
+    seen = []
+    def predict(windows):
+        seen.append(windows)
+        return {analyze.OUTPUT_NAME: np.zeros([len(windows), 2], np.float32)}
+    training_tail = AnalyzeConfig(overlap_s=2.5, tail="min_fraction")
+    scored = analyze.score_recording(tmp_path / "clip.wav", predict, info, training_tail)
+    assert scored.start_s.tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    np.testing.assert_allclose(np.concatenate(seen), trained, atol=1e-6)
+    end_aligned = analyze.score_recording(tmp_path / "clip.wav", predict, info,
+                                          AnalyzeConfig(overlap_s=2.5))
+    assert end_aligned.start_s.tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
+    with pytest.raises(ValueError, match="analyze.tail"):
+        AnalyzeConfig(tail="padded").validate()
 
 
 def test_window_starts_with_overlap():

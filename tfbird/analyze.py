@@ -202,16 +202,19 @@ def class_thresholds(labels: tuple[str, ...], cfg: AnalyzeConfig) -> np.ndarray:
 
 
 def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
-                   pad_mode: str = "zeros") -> Iterator[tuple[int, np.ndarray]]:
-    """``waveform.stream_windows`` with the analysis tail rule (``"end_aligned"``), one
-    ``(start_sample, window)`` pair at a time (``batched`` groups them).
+                   pad_mode: str = "zeros", tail: str = waveform_lib.END_ALIGNED,
+                   min_window_fraction: float = 0.5) -> Iterator[tuple[int, np.ndarray]]:
+    """``waveform.stream_windows``, by default with the analysis tail rule
+    (``"end_aligned"``), one ``(start_sample, window)`` pair at a time (``batched`` groups
+    them).
 
     Windows start every ``hop_samples``; if the last full window ends before the recording
     does, one more window ends exactly at the end. A recording shorter than one window gives
-    one window at 0, padded as the model's training windows were (``pad_mode``).
+    one window at 0, padded as the model's training windows were (``pad_mode``). With
+    ``tail="min_fraction"``, the end is covered as the training windows covered it.
     """
     for starts, windows in waveform_lib.stream_windows(blocks, window_samples, hop_samples,
-                                                       pad_mode, waveform_lib.END_ALIGNED):
+                                                       pad_mode, tail, min_window_fraction):
         yield from zip(starts.tolist(), windows)
 
 
@@ -251,6 +254,8 @@ class ModelInfo:
             (``catalog.label_names``); ``()`` gives each label as its own names.
         pad_mode: how the training windows filled a recording shorter than one window
             (``audio.pad_mode``); ``analyze`` pads such recordings the same way.
+        min_window_fraction: the real audio a training tail window held at least
+            (``audio.min_window_fraction``), for ``analyze.tail: min_fraction``.
     """
 
     path: Path
@@ -263,6 +268,7 @@ class ModelInfo:
     backbone: tuple[str, str | None] | None = None
     species: tuple[tuple[str, str], ...] = ()
     pad_mode: str = "zeros"
+    min_window_fraction: float = 0.5
 
     @property
     def names(self) -> dict[str, tuple[str, str]]:
@@ -298,7 +304,8 @@ def read_model_info(path: str | Path) -> ModelInfo:
                          cfg.audio.window_samples, (cfg.frontend.fmin_hz, cfg.frontend.fmax_hz),
                          (path / MODEL_FILE).stat().st_mtime, backbone=backbone,
                          species=species_of(labels, catalog.species_names(cfg.data.path)),
-                         pad_mode=cfg.audio.pad_mode)
+                         pad_mode=cfg.audio.pad_mode,
+                         min_window_fraction=cfg.audio.min_window_fraction)
     else:
         raise ValueError("--model must be a run folder (model.keras), a SavedModel export "
                          "folder (saved_model.pb) or a .tflite file. "
@@ -327,7 +334,8 @@ def info_from_assets(path: Path, kind: str, assets_dir: Path, modified_time: flo
                      (float(frontend["fmin_hz"]), float(frontend["fmax_hz"])), modified_time,
                      backbone=backbone,
                      species=species_of(labels, read_species_asset(assets_dir / SPECIES_ASSET)),
-                     pad_mode=contract["audio"].get("pad_mode", "zeros"))
+                     pad_mode=contract["audio"].get("pad_mode", "zeros"),
+                     min_window_fraction=contract["audio"].get("min_window_fraction", 0.5))
 
 
 def species_of(labels: tuple[str, ...], names: dict[str, tuple[str, str]]
@@ -444,9 +452,9 @@ def score_recording(path: str | Path, predict: Callable[[np.ndarray], dict[str, 
     hop_samples = info.window_samples - overlap_samples(cfg.overlap_s, info)
     blocks = CountedBlocks(stream_waveform(path, info.sample_rate_hz, cfg.block_s))
     scores, starts, spans = [], [], []
-    for batch_starts, batch in batched(stream_windows(blocks, info.window_samples, hop_samples,
-                                                      info.pad_mode),
-                                       cfg.batch_size):
+    windows = stream_windows(blocks, info.window_samples, hop_samples, info.pad_mode, cfg.tail,
+                             info.min_window_fraction)
+    for batch_starts, batch in batched(windows, cfg.batch_size):
         outputs = predict(batch)
         scores.append(np.asarray(outputs[OUTPUT_NAME], np.float32))
         starts.append(batch_starts)

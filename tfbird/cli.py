@@ -336,6 +336,11 @@ def add_analyze_command(commands) -> None:
                          "OUT/detections.csv")
     add_config_flag(analyze, "--overlap", key="analyze.overlap_s", type=float,
                     help="window overlap (s)")
+    add_config_flag(analyze, "--tail", key="analyze.tail",
+                    choices=("end_aligned", "min_fraction"),
+                    help="how a recording's end is covered: end_aligned (one more window "
+                         "ending at the end; default) or min_fraction (as the training windows: "
+                         "padded windows past the end, as tfbird cv scores clips)")
     add_config_flag(analyze, "--min-conf", key="analyze.min_conf", type=float,
                     help="smallest probability (for classes missing from --thresholds)")
     add_config_flag(analyze, "--thresholds", key="analyze.thresholds", metavar="FILE",

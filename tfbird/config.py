@@ -562,6 +562,10 @@ class AnalyzeConfig:
     Attributes:
         overlap_s: overlap of consecutive windows, in seconds (0 = back to back); must be
             shorter than the model's window.
+        tail: how the end of a recording is covered: ``"end_aligned"`` (one more window
+            ending at the recording's end) or ``"min_fraction"`` (the training windows' rule:
+            windows past the end, padded by the model's ``audio.pad_mode``, while they hold
+            ``audio.min_window_fraction`` of real audio; ``tfbird cv`` scores clips so).
         min_conf: smallest probability reported as a detection, in [0, 1]; for every class,
             or for those missing from ``thresholds``.
         thresholds: per-class thresholds, a ``label,threshold`` CSV (``evaluate`` writes
@@ -598,6 +602,7 @@ class AnalyzeConfig:
     """
 
     overlap_s: float = 0.0
+    tail: str = "end_aligned"
     min_conf: float = 0.1
     thresholds: str | None = None
     top_n: int | None = None
@@ -629,6 +634,7 @@ class AnalyzeConfig:
         _require(0.0 <= self.location_threshold <= 1.0, "analyze.location_threshold",
                  self.location_threshold)
         _require(self.overlap_s >= 0, "analyze.overlap_s", self.overlap_s)
+        _require(self.tail in ("end_aligned", "min_fraction"), "analyze.tail", self.tail)
         _require(0.0 <= self.min_conf <= 1.0, "analyze.min_conf", self.min_conf)
         _require(self.top_n is None or self.top_n >= 1, "analyze.top_n", self.top_n)
         _require(len(self.formats) >= 1 and set(self.formats) <= set(ANALYZE_FORMATS),

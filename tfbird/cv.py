@@ -199,14 +199,15 @@ def targets_of(rows: pd.DataFrame, labels: list[str]) -> np.ndarray:
 def score_recordings(paths: list[str], saved_model_dir: Path, overlap_s: float = 0.0
                      ) -> np.ndarray:
     """Each recording's mean window probabilities ``[recordings, classes]`` from an exported
-    SavedModel, through ``analyze``'s reading and windowing (windows overlapping by
-    ``overlap_s``, as the training windows did)."""
+    SavedModel, through ``analyze``'s reading and windowing, with the windows the training
+    records have: overlapping by ``overlap_s``, and the end covered by the training tail rule
+    (``analyze.tail: min_fraction``, the windows past the end padded by ``audio.pad_mode``)."""
     from tfbird import analyze
     from tfbird.config import AnalyzeConfig
 
     info = analyze.read_model_info(saved_model_dir)
     predict = analyze.load_predictor(info)
-    analyze_cfg = AnalyzeConfig(overlap_s=overlap_s)
+    analyze_cfg = AnalyzeConfig(overlap_s=overlap_s, tail="min_fraction")
     return np.stack([analyze.score_recording(path, predict, info, analyze_cfg).scores.mean(0)
                      for path in paths])
 
