@@ -3,9 +3,11 @@
 ``analyze`` runs a trained run folder, a SavedModel export or a ``.tflite`` file over many
 recordings. Each recording is read in blocks and resampled with a streaming resampler, so a
 10-hour file never sits in memory: only one block, one window and one batch do. Windows have
-the model's length and overlap by ``overlap_s``; the last window is aligned to the end of the
-recording (so every window is real audio, and the windows cover the whole file); a recording
-shorter than one window is zero-padded.
+the model's length and overlap by ``overlap_s``; by default (``tail: end_aligned``) the last
+window is aligned to the end of the recording (so every window is real audio, and the windows
+cover the whole file), and a recording shorter than one window is padded as the model's
+training windows were (``audio.pad_mode``). ``tail: min_fraction`` cuts exactly the windows
+ingest cuts, padded windows past the end included (``tfbird cv`` scores clips so).
 
 Recordings whose outputs exist and are newer than the model are skipped, so a killed run
 resumes where it stopped. A recording that cannot be read is listed in ``errors.csv`` with the
