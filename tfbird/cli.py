@@ -337,7 +337,7 @@ def add_analyze_command(commands) -> None:
     add_config_flag(analyze, "--overlap", key="analyze.overlap_s", type=float,
                     help="window overlap (s)")
     add_config_flag(analyze, "--tail", key="analyze.tail",
-                    choices=config.ANALYZE_TAILS,
+                    choices=config.TAIL_RULES,
                     help="how a recording's end is covered: end_aligned (one more window "
                          "ending at the end; default) or min_fraction (as the training windows: "
                          "padded windows past the end, as tfbird cv scores clips)")

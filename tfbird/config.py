@@ -552,8 +552,9 @@ class ExportConfig:
 ANALYZE_FORMATS = ("csv", "raven", "birdnet_csv", "kaleidoscope", "parquet", "audacity", "json")
 
 
-# analyze.tail, as waveform.TAIL_RULES (config comes first and imports no stage).
-ANALYZE_TAILS = ("end_aligned", "min_fraction")
+# How windows cover a recording's end (waveform.stream_windows): the training windows' rule,
+# then the analysis rule. Here because config comes first: analyze.tail takes either.
+TAIL_RULES = ("min_fraction", "end_aligned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -638,7 +639,7 @@ class AnalyzeConfig:
         _require(0.0 <= self.location_threshold <= 1.0, "analyze.location_threshold",
                  self.location_threshold)
         _require(self.overlap_s >= 0, "analyze.overlap_s", self.overlap_s)
-        _require(self.tail in ANALYZE_TAILS, "analyze.tail", self.tail)
+        _require(self.tail in TAIL_RULES, "analyze.tail", self.tail)
         _require(0.0 <= self.min_conf <= 1.0, "analyze.min_conf", self.min_conf)
         _require(self.top_n is None or self.top_n >= 1, "analyze.top_n", self.top_n)
         _require(len(self.formats) >= 1 and set(self.formats) <= set(ANALYZE_FORMATS),

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from tfbird.config import AudioConfig
+from tfbird.config import TAIL_RULES, AudioConfig
 
 
 class AudioDecodeError(ValueError):
@@ -260,9 +260,8 @@ def decode_error_message(error: Exception) -> str:
     return f"unreadable: {type(error).__name__}: {error}"
 
 
-MIN_FRACTION = "min_fraction"  # Training windows (ingest, EDA): see stream_windows.
-END_ALIGNED = "end_aligned"  # Analysis windows (analyze, embed): see stream_windows.
-TAIL_RULES = (MIN_FRACTION, END_ALIGNED)
+# Training windows (ingest, EDA) and analysis windows (analyze, embed): see stream_windows.
+MIN_FRACTION, END_ALIGNED = TAIL_RULES
 
 
 def stream_windows(blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
