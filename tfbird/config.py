@@ -137,6 +137,10 @@ class DataConfig:
             embedding of a pretrained ``model.backbone``; set by that backbone).
         decode_block_s: recordings longer than this many seconds are decoded, resampled and
             windowed in blocks of this length (bounded memory); shorter ones whole.
+        decode_workers: processes that decode and resample for ingest
+            (``tfbird.decode_workers``): -1 one per available core (none on a single core),
+            0 none (decoded in ingest's own process), N that many. The records are the same
+            whatever the number.
         synthetic: ``path`` is tfbird's synthetic corpus (``synth`` section), generated there
             by ``train`` when it is not on disk yet (the demo).
         records: folder of TFRecord shards and ``manifest.json`` written by ingest.
@@ -171,6 +175,7 @@ class DataConfig:
     secondary_label_weight: float = 1.0
     store: str = "logmel"
     decode_block_s: float = 60.0
+    decode_workers: int = -1
     ignore_labels: tuple[str, ...] = IGNORED_LABELS
     sampling: str = "natural"
 
@@ -197,6 +202,7 @@ class DataConfig:
         _require(self.store in DATA_STORES, "data.store", self.store)
         _require(self.sampling in ("natural", "balanced"), "data.sampling", self.sampling)
         _require(self.decode_block_s > 0, "data.decode_block_s", self.decode_block_s)
+        _require(self.decode_workers >= -1, "data.decode_workers", self.decode_workers)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Recordings -> log-mel windows -> TFRecord shards and ``manifest.json``.
 
-The work runs as one tf.data pipeline over the file list: decode and resample each file in
-parallel (``tf.numpy_function`` around soundfile + soxr, which release the GIL), cut windows,
-keep all, the first N or a seeded random N of them (``data.window_selection``), and compute
-log-mels in-graph with the same ``LogMelSpectrogram`` layer the exported model carries, while
-the previous file's windows are written.
+The work runs as one tf.data pipeline over the file list: worker processes decode and
+resample the files and cut windows (``decode_workers``, soundfile + soxr, one process per
+core), in file order; the pipeline keeps all windows, the first N or a seeded random N of them
+(``data.window_selection``), and computes log-mels in-graph with the same
+``LogMelSpectrogram`` layer the exported model carries, while the previous file's windows are
+written.
 
 Every input file ends up in exactly one of ``ingested.csv`` (with its window count) or
 ``failures.csv`` (with its reason): files the catalog refuses (a path outside the data root,
@@ -27,8 +28,9 @@ finished writes ``manifest.json``, ``labels.txt``, ``failures.csv`` and ``ingest
 (rerunning without workers does the same, writing any shard still missing): the job-array
 option, with no scheduler. ``dask_local=N`` or ``dask_scheduler="tcp://host:8786"`` instead
 sends each unfinished shard as one task to Dask workers (the engine ``analyze`` uses), and
-this process merges the manifest at the end. Each shard is interleaved on its own, so it is
-the same whichever run or worker writes it: every way gives the single-process output.
+this process merges the manifest at the end. A shard holds its recordings in catalog order,
+so it is the same whichever run or worker writes it: every way gives the single-process
+output.
 
 Example:
     >>> manifest = ingest(cfg, data="data/demo", out_dir="records/demo")
@@ -42,9 +44,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
-import functools
 import hashlib
-import itertools
 import json
 import sys
 import time
@@ -57,22 +57,14 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfbird import catalog, config, distribute, records
+from tfbird import catalog, config, decode_workers, distribute, records
 from tfbird import labels as labels_lib
 from tfbird.artifacts import LABELS_FILE, write_atomically
 from tfbird.backbones import load_backbone
 from tfbird.records import MANIFEST
 from tfbird.records import read_manifest  # noqa: F401  (kept as ingest.read_manifest)
 from tfbird.frontend import build_frontend
-from tfbird.waveform import (
-    CountedBlocks,
-    count_samples,
-    count_windows,
-    decode_error_message,
-    failure_reason,
-    stream_cut_windows,
-    stream_waveform,
-)
+from tfbird.waveform import failure_reason
 
 FAILURES = "failures.csv"
 INGESTED = "ingested.csv"
@@ -81,7 +73,6 @@ SPLITS = ("train", "valid")
 FAILURE_COLUMNS = ["path", "filename", "reason", "detail"]
 INGESTED_COLUMNS = ["path", "filename", "split", "windows"]
 SPILL_SUFFIX = ".spill.tmp"  # A long recording's examples before it is known good.
-PARALLEL_RECORDINGS = 4  # Recordings decoded at once.
 PENDING_MEMORY_BYTES = 64 * 2**20  # A recording's examples held in memory before spilling.
 # glibc's mallopt parameters (malloc.h) and the largest values its adaptive rule reaches.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -264,14 +255,13 @@ def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
                  fingerprint: str, progress: bool) -> None:
     """Writes each shard, then its sidecar; both atomically, the shard first.
 
-    Recordings are decoded several at a time and their blocks arrive interleaved
-    (``window_dataset``). A recording's windows reach its shard only once all of it decoded:
-    until then they are held by ``records.PendingExamples`` (in memory, or for a long
-    recording in a spill file beside the shard) and dropped if it fails mid-stream. Records
-    of one recording are consecutive; recordings follow in the (deterministic) order they
-    finish, which depends on the shard's own recordings only (each shard is interleaved on its
-    own), so a shard is the same whichever run writes it. A shard is closed, and its sidecar
-    written, when its last recording is done.
+    Recordings arrive one after the other in plan order (``window_dataset``), block by block.
+    A recording's windows reach its shard only once all of it decoded: until then they are
+    held by ``records.PendingExamples`` (in memory, or for a long recording in a spill file
+    beside the shard) and dropped if it fails mid-stream. So a shard holds its recordings'
+    records in catalog order, each recording's consecutive, and is the same whichever run or
+    worker writes it. A shard is closed, and its sidecar written, when its last recording is
+    done.
     """
     rows = pd.concat([s.rows for s in shards]) if shards else pd.DataFrame(
         columns=catalog.CATALOG_COLUMNS)
@@ -280,8 +270,7 @@ def write_shards(cfg: config.Config, shards: list[ShardPlan], labels: list[str],
     try:
         for index in [i for i, count in enumerate(state.remaining) if count == 0]:
             state.finish_shard(index)
-        blocks = iterate_windows(rows["path"].tolist(), cfg, rows["filename"].tolist(),
-                                 [len(s.rows) for s in shards])
+        blocks = iterate_windows(rows["path"].tolist(), cfg, rows["filename"].tolist())
         # disable=None: tqdm stays quiet when stderr is not a terminal (logs, cluster jobs).
         with tqdm(total=len(rows), unit="file", desc="ingest",
                   disable=None if progress else True) as bar:
@@ -431,6 +420,9 @@ def write_shard(cfg: config.Config, shard: ShardPlan, labels: list[str], out_dir
                 fingerprint: str) -> str:
     """One Dask task of ``write_shards_on_dask``: writes ``shard`` and its sidecar on a
     worker (``write_shards``, no progress bar). Returns the shard's name."""
+    # A Dask worker is one process with its share of the cores: it decodes in itself (and a
+    # daemonic worker process may not start processes of its own).
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, decode_workers=0))
     write_shards(cfg, [shard], labels, out_dir, fingerprint, progress=False)
     return shard.name
 
@@ -477,68 +469,8 @@ def random_window_index(num_windows: tf.Tensor, count: int, seed: tf.Tensor) -> 
     return tf.sort(shuffled[:tf.minimum(num_windows, count)])
 
 
-def recording_window_blocks(path: str, cfg: config.Config) -> Iterator[tuple]:
-    """One recording's windows, block by block (numpy; may raise ``AudioDecodeError``).
-
-    The recording is streamed (``stream_waveform``, blocks of ``data.decode_block_s``) and
-    cut by ``stream_cut_windows``, so only one block is held, however long it is. With
-    ``first`` selection, decoding stops after the windows kept. With ``random`` selection the
-    number of windows must be known first: a recording of several blocks is decoded once
-    more without resampling to count its samples.
-
-    Yields:
-        ``(windows float32 [k, window_samples], start_s [k], index int64 [k], num_windows,
-        audio_s)``: ``index`` numbers the windows in the recording, ``num_windows`` is their
-        total (-1 unless ``random``), ``audio_s`` the seconds decoded for this block.
-    """
-    audio, data = cfg.audio, cfg.data
-    decoded = stream_waveform(path, audio.sample_rate_hz, data.decode_block_s)
-    num_windows = -1
-    if data.window_selection == "random":
-        first_blocks = list(itertools.islice(decoded, 2))
-        num_samples = (len(first_blocks[0]) if len(first_blocks) == 1
-                       else count_samples(path, audio.sample_rate_hz, data.decode_block_s))
-        num_windows = count_windows(num_samples, audio)
-        decoded = itertools.chain(first_blocks, decoded)
-    limit = data.windows_per_recording if data.window_selection == "first" else None
-    blocks = CountedBlocks(decoded)
-    index, reported = 0, 0
-    for windows, start_s in stream_cut_windows(blocks, audio):
-        if limit is not None:
-            windows, start_s = windows[:limit - index], start_s[:limit - index]
-        yield (windows, start_s, np.arange(index, index + len(windows)), num_windows,
-               np.float32((blocks.num_samples - reported) / audio.sample_rate_hz))
-        index, reported = index + len(windows), blocks.num_samples
-        if limit is not None and index >= limit:
-            return
-
-
-def recording_elements(path: bytes, cfg: config.Config) -> Iterator[tuple]:
-    """``recording_window_blocks`` as tf.data elements that never raise: each block gets
-    ``error`` (empty, or the failure message) and ``last`` (True on the recording's final
-    element). A failure yields one more element: no windows, the error, ``last``."""
-    previous = None
-    try:
-        for block in recording_window_blocks(path.decode("utf-8"), cfg):
-            if previous is not None:
-                yield (*previous, b"", False)
-            previous = block
-    except Exception as error:  # Reported per file by the caller, never dropped.
-        if previous is not None:
-            yield (*previous, b"", False)
-        window = cfg.audio.window_samples
-        yield (np.zeros([0, window], np.float32), np.zeros([0], np.float32),
-               np.zeros([0], np.int64), -1, np.float32(0), decode_error_message(error).encode(),
-               True)
-        return
-    if previous is None:  # Cannot happen for audio (>= 1 window); keep the stream well formed.
-        previous = (np.zeros([0, cfg.audio.window_samples], np.float32),
-                    np.zeros([0], np.float32), np.zeros([0], np.int64), -1, np.float32(0))
-    yield (*previous, b"", True)
-
-
-def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None = None,
-                   group_sizes: list[int] | None = None) -> tf.data.Dataset:
+def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None = None
+                   ) -> tf.data.Dataset:
     """tf.data pipeline: paths -> blocks ``(position, feature, start_s, audio_s, error, last)``.
 
     ``position`` is the recording's index in ``paths``. ``feature`` is ``[windows, frames,
@@ -547,33 +479,28 @@ def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None
     ``last`` marks its final block. A recording that fails ends with a block without windows
     whose ``error`` is the message (blocks before it, if any, must be dropped by the reader).
 
-    ``PARALLEL_RECORDINGS`` recordings are decoded at once and their blocks interleaved one
-    by one, in a deterministic order (``interleave(deterministic=True)``, ``block_length=1``:
-    a larger block length lets tf.data buffer that many blocks of every other recording).
-    ``group_sizes`` (default: one group of all) splits ``paths`` into consecutive groups (the
-    shards) interleaved one after the other, so the order of a group's blocks depends on its
-    own recordings only: a shard written alone (``--workers``, Dask) equals the same shard
-    written among all. ``names`` (default ``paths``) seed the random window choice of each file.
+    Recordings are decoded in ``data.decode_workers`` worker processes
+    (``decode_workers.ordered_elements``) and arrive one after the other in the order of
+    ``paths``, whatever the number of workers; the log-mels are computed in-graph, several
+    blocks at once, while the next recordings decode. ``names`` (default ``paths``) seed the
+    random window choice of each file.
     """
     restore_malloc_thresholds()
     frontend = build_frontend(cfg.audio, cfg.frontend)
-    seeds = [file_seed(cfg.data.seed, name) for name in (names or paths)]
-    signature = (tf.TensorSpec([None, cfg.audio.window_samples], tf.float32),
+    seeds = tf.constant(np.reshape([file_seed(cfg.data.seed, name) for name in (names or paths)],
+                                   [-1, 2]), tf.int64)
+    signature = (tf.TensorSpec([], tf.int64),
+                 tf.TensorSpec([None, cfg.audio.window_samples], tf.float32),
                  tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int64),
                  tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.float32),
                  tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.bool))
+    processes = decode_workers.resolve_processes(cfg.data.decode_workers)
 
-    def recording_blocks(position, path, seed):
-        blocks = tf.data.Dataset.from_generator(
-            functools.partial(recording_elements, cfg=cfg), args=(path,),
-            output_signature=signature)
-        return blocks.map(lambda *block: (position, *block, seed))
-
-    def to_features(position, windows, start_s, index, num_windows, audio_s, error, last, seed):
+    def to_features(position, windows, start_s, index, num_windows, audio_s, error, last):
         if cfg.data.window_selection == "random":
             # A failed recording's last element has num_windows -1 and no windows.
             chosen = random_window_index(tf.maximum(num_windows, 0),
-                                         cfg.data.windows_per_recording, seed)
+                                         cfg.data.windows_per_recording, seeds[position])
             keep = tf.reduce_any(index[:, None] == chosen[None, :], axis=1)
             windows, start_s = tf.boolean_mask(windows, keep), tf.boolean_mask(start_s, keep)
         if cfg.data.store == records.PCM:
@@ -584,20 +511,11 @@ def window_dataset(paths: list[str], cfg: config.Config, names: list[str] | None
             feature = tf.cast(frontend(windows), tf.float16)
         return position, feature, start_s, audio_s, error, last
 
-    files = (tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string),
-             tf.constant(np.reshape(seeds, [-1, 2]), tf.int64))
-
-    def group_blocks(start, size):
-        group = tf.data.Dataset.from_tensor_slices(tuple(t[start:start + size] for t in files))
-        return group.interleave(recording_blocks, cycle_length=PARALLEL_RECORDINGS,
-                                block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                                deterministic=True)
-
-    sizes = np.asarray(group_sizes if group_sizes is not None else [len(paths)], np.int64)
-    dataset = tf.data.Dataset.from_tensor_slices((np.cumsum(sizes) - sizes, sizes))
-    dataset = dataset.flat_map(group_blocks).map(to_features, num_parallel_calls=tf.data.AUTOTUNE,
-                                                 deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    elements = tf.data.Dataset.from_generator(
+        lambda: decode_workers.ordered_elements(paths, cfg, processes),
+        output_signature=signature)
+    return elements.map(to_features, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def restore_malloc_thresholds() -> bool:
@@ -622,8 +540,7 @@ def restore_malloc_thresholds() -> bool:
                 and libc.mallopt(M_TRIM_THRESHOLD, 2 * ADAPTIVE_MMAP_THRESHOLD_MAX_BYTES))
 
 
-def iterate_windows(paths: list[str], cfg: config.Config, names: list[str] | None = None,
-                    group_sizes: list[int] | None = None
+def iterate_windows(paths: list[str], cfg: config.Config, names: list[str] | None = None
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, float, str, bool]]:
     """Yields the blocks of ``window_dataset`` as numpy values, with a ``str`` error. With
     ``data.store: embedding`` the windows are embedded here (float16 ``[windows, dim]``) by
@@ -633,7 +550,7 @@ def iterate_windows(paths: list[str], cfg: config.Config, names: list[str] | Non
     embed = (load_backbone(cfg.model).embed if cfg.data.store == records.EMBEDDING
              else None)
     for position, feature, start_s, audio_s, error, last in window_dataset(
-            paths, cfg, names, group_sizes).as_numpy_iterator():
+            paths, cfg, names).as_numpy_iterator():
         if embed is not None:
             feature = embed(feature).astype(np.float16)
         yield int(position), feature, start_s, float(audio_s), error.decode("utf-8"), bool(last)

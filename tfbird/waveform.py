@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from tfbird.config import TAIL_RULES, AudioConfig
+from tfbird.config import TAIL_RULES, AudioConfig, Config
 
 
 class AudioDecodeError(ValueError):
@@ -31,8 +32,9 @@ class AudioDecodeError(ValueError):
     """
 
 
+# "decoder crashed": the worker process decoding the file died (tfbird.decode_workers).
 DECODE_FAILURE_REASONS = ("file missing", "empty", "unreadable", "no audio after decode",
-                          "all-NaN", "non-finite")
+                          "all-NaN", "non-finite", "decoder crashed")
 
 
 def failure_reason(message: str) -> str:
@@ -410,3 +412,67 @@ def frame_windows(waveform: np.ndarray, offsets: np.ndarray, window: int) -> np.
 def seconds(start_samples: np.ndarray, audio: AudioConfig) -> np.ndarray:
     """Start samples -> float32 seconds (float32 division, as the records have always held)."""
     return start_samples.astype(np.float32) / np.float32(audio.sample_rate_hz)
+
+
+def recording_window_blocks(path: str, cfg: Config) -> Iterator[tuple]:
+    """One recording's windows, block by block (numpy; may raise ``AudioDecodeError``).
+
+    The recording is streamed (``stream_waveform``, blocks of ``data.decode_block_s``) and
+    cut by ``stream_cut_windows``, so only one block is held, however long it is. With
+    ``first`` selection, decoding stops after the windows kept. With ``random`` selection the
+    number of windows must be known first: a recording of several blocks is decoded once
+    more without resampling to count its samples.
+
+    Yields:
+        ``(windows float32 [k, window_samples], start_s [k], index int64 [k], num_windows,
+        audio_s)``: ``index`` numbers the windows in the recording, ``num_windows`` is their
+        total (-1 unless ``random``), ``audio_s`` the seconds decoded for this block.
+    """
+    audio, data = cfg.audio, cfg.data
+    decoded = stream_waveform(path, audio.sample_rate_hz, data.decode_block_s)
+    num_windows = -1
+    if data.window_selection == "random":
+        first_blocks = list(itertools.islice(decoded, 2))
+        num_samples = (len(first_blocks[0]) if len(first_blocks) == 1
+                       else count_samples(path, audio.sample_rate_hz, data.decode_block_s))
+        num_windows = count_windows(num_samples, audio)
+        decoded = itertools.chain(first_blocks, decoded)
+    limit = data.windows_per_recording if data.window_selection == "first" else None
+    blocks = CountedBlocks(decoded)
+    index, reported = 0, 0
+    for windows, start_s in stream_cut_windows(blocks, audio):
+        if limit is not None:
+            windows, start_s = windows[:limit - index], start_s[:limit - index]
+        yield (windows, start_s, np.arange(index, index + len(windows)), num_windows,
+               np.float32((blocks.num_samples - reported) / audio.sample_rate_hz))
+        index, reported = index + len(windows), blocks.num_samples
+        if limit is not None and index >= limit:
+            return
+
+
+def recording_elements(path: str, cfg: Config) -> Iterator[tuple]:
+    """``recording_window_blocks`` as elements that never raise: each block gets ``error``
+    (empty, or the failure message, as UTF-8 bytes) and ``last`` (True on the recording's final
+    element). A failure yields one more element: no windows, the error, ``last``."""
+    previous = None
+    try:
+        for block in recording_window_blocks(path, cfg):
+            if previous is not None:
+                yield (*previous, b"", False)
+            previous = block
+    except Exception as error:  # Reported per file by the caller, never dropped.
+        if previous is not None:
+            yield (*previous, b"", False)
+        yield failure_element(decode_error_message(error), cfg.audio.window_samples)
+        return
+    if previous is None:  # Cannot happen for audio (>= 1 window); keep the stream well formed.
+        previous = (np.zeros([0, cfg.audio.window_samples], np.float32),
+                    np.zeros([0], np.float32), np.zeros([0], np.int64), -1, np.float32(0))
+    yield (*previous, b"", True)
+
+
+def failure_element(message: str, window_samples: int) -> tuple:
+    """The element of ``recording_elements`` that ends a failed recording: no windows,
+    ``message`` (``"<reason>: <detail>"``), ``last``."""
+    return (np.zeros([0, window_samples], np.float32), np.zeros([0], np.float32),
+            np.zeros([0], np.int64), -1, np.float32(0), message.encode("utf-8"), True)
