@@ -2,9 +2,10 @@
 
 Decoding uses soundfile (libsndfile: WAV, FLAC, OGG Vorbis, Opus, MP3, ...), downmixes by the
 channel mean and resamples with soxr's high quality mode: the same steps and defaults as
-``librosa.load(path, sr=..., mono=True)``, which is the reference. Decoding is plain numpy (it
-runs inside tf.data through ``tf.numpy_function``; libsndfile and soxr release the GIL), and so
-is cutting windows: ``stream_windows``, block by block, with the tail rule a parameter.
+``librosa.load(path, sr=..., mono=True)``, which is the reference. Decoding is plain numpy, with
+no TensorFlow (ingest runs it in worker processes, ``tfbird.decode_workers``), and so is cutting
+windows: ``stream_windows``, block by block, with the tail rule a parameter;
+``recording_elements`` is one recording's windows as ingest reads them.
 
 Example:
     >>> waveform = load_waveform("call.flac", sample_rate_hz=32000)
