@@ -406,8 +406,9 @@ def count_windows(num_samples: int, audio: AudioConfig) -> int:
 
 
 def frame_windows(waveform: np.ndarray, offsets: np.ndarray, window: int) -> np.ndarray:
-    """``[len(offsets), window]`` copies of ``waveform[offset:offset + window]``."""
-    return np.lib.stride_tricks.sliding_window_view(waveform, window)[offsets].copy()
+    """``[len(offsets), window]`` copies of ``waveform[offset:offset + window]`` (indexing
+    by the ``offsets`` array copies them: one copy of the audio, not two)."""
+    return np.lib.stride_tricks.sliding_window_view(waveform, window)[np.asarray(offsets)]
 
 
 def seconds(start_samples: np.ndarray, audio: AudioConfig) -> np.ndarray:
