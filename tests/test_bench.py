@@ -44,13 +44,17 @@ def test_format_ingest_section_gives_the_ratios_of_whole_processes():
     result = {"files": 10, "audio_s": 36000.0, "repeats": 3, "seconds": seconds}
     section = bench.format_ingest_section("Ingest", result, "python -m tfbird bench ingest")
     assert "**tfbird is 3.00x librosa** (one process) and runs at 50% of the 2-core" in section
-    assert "| `tfbird ingest`, 2 cores | 20.0 | 1800x |" in section
+    assert "| `tfbird ingest`, 2 cores (a decode worker process per core) | 20.0 | 1800x |" in section
     assert "On 1 core: 1.50x librosa." in section and "10.0 h of audio" in section
     assert "--dask-local 2" not in section
     section = bench.format_ingest_section("Ingest", {**result, "seconds": {
         **seconds, "dask_local_2": 25.0}}, "python -m tfbird bench ingest")
     assert "| `tfbird ingest --dask-local 2` (2 Dask workers), 2 cores | 25.0 | 1440x |" in section
     assert "With `--dask-local 2`: 2.40x librosa, 0.80x the single-process ingest." in section
+    assert "decode workers make" not in section
+    section = bench.format_ingest_section("Ingest", {**result, "seconds": {
+        **seconds, "tfbird_in_process": 30.0}}, "python -m tfbird bench ingest")
+    assert "The decode workers make ingest 1.50x as fast as decoding in its own process." in section
 
 
 def test_ingest_commands_time_dask_local_2_as_the_same_command_plus_the_option(tmp_path):
@@ -58,6 +62,7 @@ def test_ingest_commands_time_dask_local_2_as_the_same_command_plus_the_option(t
     commands = bench.ingest_commands(tmp_path / "corpus", tmp_path / "files.txt",
                                      tmp_path / "records", tmp_path / "cfg.yaml", config.Config())
     assert commands["dask_local_2"] == [*commands["tfbird"], "--dask-local", "2"]
+    assert commands["tfbird_in_process"] == [*commands["tfbird"], "--set", "data.decode_workers=0"]
     assert commands["tfbird"][2:5] == ["tfbird", "ingest", "--quiet"]
 
 

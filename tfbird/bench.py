@@ -147,9 +147,10 @@ def wall_seconds(argv: list[str], cores: str | None = None) -> float:
 
 def ingest_commands(corpus: Path, file_list: Path, out_dir: Path, cfg_path: Path,
                     cfg: config.Config) -> dict[str, list[str]]:
-    """The processes ``bench_ingest`` times: ``tfbird ingest`` (and with ``--dask-local 2``,
-    where Dask is installed), the librosa loop (one process) and the decode + resample floor
-    (``soundfile`` + ``soxr``, 1 or 2 processes)."""
+    """The processes ``bench_ingest`` times: ``tfbird ingest`` (also decoding in its own
+    process, ``data.decode_workers=0``, and with ``--dask-local 2`` where Dask is installed),
+    the librosa loop (one process) and the decode + resample floor (``soundfile`` + ``soxr``,
+    1 or 2 processes)."""
     audio, fe = cfg.audio, cfg.frontend
     settings = (audio.sample_rate_hz, audio.window_samples, fe.n_fft, fe.hop_length,
                 fe.n_mels, fe.fmin_hz, fe.fmax_hz, fe.power, fe.amin, fe.top_db)
@@ -158,6 +159,7 @@ def ingest_commands(corpus: Path, file_list: Path, out_dir: Path, cfg_path: Path
               "--data", str(corpus), "--out", str(out_dir)]
     commands = {
         "tfbird": tfbird,
+        "tfbird_in_process": [*tfbird, "--set", "data.decode_workers=0"],
         "librosa": [sys.executable, "-c", LIBROSA_INGEST.format(settings=settings),
                     str(file_list)],
         "floor_1": [sys.executable, "-c", floor, str(file_list), "1"],
@@ -285,7 +287,9 @@ def format_stage_table(stages: dict) -> str:
 
 
 INGEST_ROWS = [
-    ("tfbird", "`tfbird ingest`, 2 cores"),
+    ("tfbird", "`tfbird ingest`, 2 cores (a decode worker process per core)"),
+    ("tfbird_in_process", "`tfbird ingest --set data.decode_workers=0` (decoding in its own "
+                          "process), 2 cores"),
     ("librosa", "librosa loop, one process"),
     ("floor_1", "decode + resample floor (soundfile + soxr), 1 process"),
     ("floor_2", "decode + resample floor, 2 processes"),
@@ -305,6 +309,10 @@ def format_ingest_section(title: str, result: dict, command: str) -> str:
     lines = [f"**tfbird is {seconds['librosa'] / seconds['tfbird']:.2f}x librosa** (one "
              f"process) and runs at {seconds['floor_2'] / seconds['tfbird']:.0%} of the 2-core "
              f"decode + resample rate."]
+    if "tfbird_in_process" in seconds:
+        lines.append(f"The decode workers make ingest "
+                     f"{seconds['tfbird_in_process'] / seconds['tfbird']:.2f}x as fast as "
+                     f"decoding in its own process.")
     if "tfbird_1core" in seconds:
         lines.append(f"On 1 core: {seconds['librosa_1core'] / seconds['tfbird_1core']:.2f}x "
                      f"librosa.")
