@@ -3,9 +3,11 @@ decode, in file order, whatever the number of workers; a worker that dies fails 
 recording; a caller's script needs no main guard."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +115,35 @@ def test_a_script_without_a_main_guard_ingests_with_workers(tmp_path, recordings
                           timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ingested 5" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("pgrep") is None or not Path("/proc/self").exists(),
+                    reason="needs pgrep and /proc to find the worker processes")
+def test_workers_exit_when_the_reader_is_killed(tmp_path, recordings):
+    paths, _ = recordings
+    long_paths = [p for p in paths if p.endswith(".flac")] * 40  # Keeps the workers busy.
+    script = tmp_path / "reader.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from conftest import tiny_config
+        from tfbird.decode_workers import ordered_elements
+        cfg = tiny_config(Path({str(tmp_path)!r}), data={{"decode_block_s": 2.0}})
+        for element in ordered_elements({long_paths!r}, cfg, processes=2):
+            print("element", flush=True)
+            time.sleep(60)  # A reader that stalls, then is killed.
+    """))
+    reader = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    try:
+        assert reader.stdout.readline().strip() == "element"
+        workers = subprocess.run(["pgrep", "-P", str(reader.pid)], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(workers) == 2
+    finally:
+        reader.kill()
+        reader.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "orphaned decode workers"
