@@ -476,6 +476,11 @@ class TrainConfig:
             weighted by ``examples / (classes * positives of the class)`` in the training
             split (scikit-learn's "balanced"), clipped to [0.1, 10] (``multiclass``: each
             example by the weight of its target class).
+        ema_momentum: AdamW keeps an exponential moving average of the weights with this
+            momentum (Keras ``use_ema``; 0.99 averages over about the last 100 steps) and
+            the trained model gets the averaged weights; its batch-norm moving statistics
+            are then re-estimated for them over one pass of augmented training batches
+            (``training.reestimate_batch_norm``). ``None`` disables.
     """
 
     strategy: str = "default"
@@ -501,6 +506,7 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     label_smoothing: float = 0.0
     class_weighting: str = "none"
+    ema_momentum: float | None = None
 
     def validate(self) -> None:
         _require(self.strategy in STRATEGIES, "train.strategy", self.strategy)
@@ -533,6 +539,8 @@ class TrainConfig:
                  "train.freeze_backbone_epochs", self.freeze_backbone_epochs)
         _require(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing",
                  self.label_smoothing)
+        _require(self.ema_momentum is None or 0.0 < self.ema_momentum < 1.0,
+                 "train.ema_momentum", self.ema_momentum)
 
 
 @dataclasses.dataclass(frozen=True)
