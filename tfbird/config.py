@@ -245,6 +245,8 @@ EMBEDDING_BACKBONES = {
 IMAGE_BACKBONES = ("resnet50", "mobilenetv3small", "mobilenetv3large", "efficientnetv2b0")
 MODEL_BACKBONES = (*IMAGE_BACKBONES, *EMBEDDING_BACKBONES)
 MODEL_TASKS = ("multilabel", "multiclass")
+# Per-mel statistics over time that model.statistics_features can name (model.LogMelStatistics).
+STATISTICS_FEATURES = ("mean", "std", "delta_std", "max")
 SED_CLIP_POOLINGS = ("probability", "logit")
 
 
@@ -308,6 +310,9 @@ class ModelConfig:
             features) and fuse it into the classifier's output with this weight: the
             weighted geometric mean of the two models' probabilities
             (``tfbird.statistics_head``). 0 (default) leaves it out; 0.5 weighs both alike.
+        statistics_features: what that regression reads, per mel over time, in order: any of
+            ``mean``, ``std``, ``delta_std`` (std of the frame-to-frame differences) and
+            ``max`` (``model.LogMelStatistics``).
     """
 
     backbone: str = "resnet50"
@@ -325,6 +330,7 @@ class ModelConfig:
     task: str = "multilabel"
     clip_statistics: bool = False
     statistics_weight: float = 0.0
+    statistics_features: tuple[str, ...] = ("mean", "std")
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -345,6 +351,10 @@ class ModelConfig:
                  self.head_hidden_units)
         _require(0.0 <= self.statistics_weight < 1.0, "model.statistics_weight",
                  self.statistics_weight)
+        _require(len(self.statistics_features) >= 1
+                 and len(set(self.statistics_features)) == len(self.statistics_features)
+                 and set(self.statistics_features) <= set(STATISTICS_FEATURES),
+                 "model.statistics_features", self.statistics_features)
         if self.backbone in EMBEDDING_BACKBONES:  # A head on embeddings: no log-mel model.
             _require(self.head == "gap", "model.head", self.head)
             _require(self.statistics_weight == 0.0, "model.statistics_weight",

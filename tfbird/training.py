@@ -592,7 +592,8 @@ def with_statistics_head(model: keras.Model, cfg: config.Config, records_dir: st
              "(model.statistics_weight=%s)", cfg.model.statistics_weight)
     fused = statistics_head.add_statistics_head(
         logmel_classifier(model), records_dir, manifest, cfg.model.statistics_weight,
-        cfg.model.task, batch_size=cfg.train.global_batch_size)
+        cfg.model.task, batch_size=cfg.train.global_batch_size,
+        feature_names=cfg.model.statistics_features)
     if len(model.input_shape) == 2:  # [batch, samples]: the front end is in the model.
         return build_waveform_classifier(fused, cfg.audio, cfg.frontend)
     return fused
