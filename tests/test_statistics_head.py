@@ -24,6 +24,22 @@ def test_logmel_statistics_are_the_per_mel_mean_then_std_over_time():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
+def test_logmel_statistics_add_the_spread_of_the_differences_and_the_maximum():
+    logmel = np.random.default_rng(6).normal(-40.0, 12.0, [2, 50, 8]).astype("float32")
+    layer = LogMelStatistics(("mean", "std", "delta_std", "max"))
+    got = np.asarray(layer(logmel))
+    expected = np.concatenate([logmel.mean(1), logmel.std(1), np.diff(logmel, axis=1).std(1),
+                               logmel.max(1)], axis=1)
+    assert got.shape == (2, 32) and layer.compute_output_shape((2, 50, 8)) == (2, 32)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    # A band rising by 1 dB per frame: its differences do not spread, its max is the last frame.
+    ramp = np.tile(np.arange(50, dtype="float32")[None, :, None], [1, 1, 8])
+    ramp_stats = np.asarray(LogMelStatistics(("delta_std", "max"))(ramp))
+    np.testing.assert_allclose(ramp_stats, [[0.0] * 8 + [49.0] * 8], atol=1e-5)
+    with pytest.raises(ValueError, match="features"):
+        LogMelStatistics(("mean", "median"))
+
+
 def test_fusion_of_multiclass_logits_is_the_weighted_geometric_mean_of_probabilities():
     rng = np.random.default_rng(1)
     network, statistics = rng.normal(size=[4, 5]), rng.normal(size=[4, 5])
@@ -129,6 +145,34 @@ def test_fused_classifier_equals_the_geometric_mean_of_network_and_sklearn(tiny_
     reloaded = keras.models.load_model(tmp_path / "fused.keras", compile=False)
     np.testing.assert_allclose(np.asarray(reloaded.predict_on_batch(x_valid)),
                                np.asarray(fused.predict_on_batch(x_valid)), atol=1e-5)
+
+
+def test_fused_classifier_reads_the_configured_statistics(tiny_records, tmp_path):
+    manifest = read_manifest(tiny_records)
+    classifier = build_classifier(ModelConfig(image_size=(32, 32), task="multiclass"), 2,
+                                  dataset.input_shape(manifest))
+    names = ("mean", "std", "delta_std", "max")
+    fused = statistics_head.add_statistics_head(classifier, tiny_records, manifest, 0.5,
+                                                "multiclass", feature_names=names)
+    x_train, y_train = records_logmels(tiny_records, manifest, "train")
+    x_valid, _ = records_logmels(tiny_records, manifest, "valid")
+    features = lambda x: np.concatenate([x.mean(1), x.std(1), np.diff(x, axis=1).std(1),
+                                         x.max(1)], 1).astype(np.float64)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000)).fit(
+        features(x_train), y_train.argmax(1))
+    statistics_logits = keras.Model(fused.input, fused.get_layer("statistics_logits").output)
+    got = scipy.special.softmax(np.asarray(statistics_logits.predict_on_batch(x_valid)), -1)
+    np.testing.assert_allclose(got, reference.predict_proba(features(x_valid)), atol=2e-3)
+    fused.save(tmp_path / "fused.keras")
+    reloaded = keras.models.load_model(tmp_path / "fused.keras", compile=False)
+    assert reloaded.get_layer("logmel_statistics").features == names
+
+
+def test_statistics_features_are_checked():
+    assert ModelConfig(statistics_features=("mean", "std", "delta_std", "max")).validate() is None
+    for bad in [(), ("mean", "mean"), ("mean", "median")]:
+        with pytest.raises(ValueError, match="model.statistics_features"):
+            ModelConfig(statistics_features=bad).validate()
 
 
 def test_statistics_weight_must_be_below_one_and_needs_an_image_backbone():

@@ -251,6 +251,8 @@ EMBEDDING_BACKBONES = {
 IMAGE_BACKBONES = ("resnet50", "mobilenetv3small", "mobilenetv3large", "efficientnetv2b0")
 MODEL_BACKBONES = (*IMAGE_BACKBONES, *EMBEDDING_BACKBONES)
 MODEL_TASKS = ("multilabel", "multiclass")
+# Per-mel statistics over time that model.statistics_features can name (model.LogMelStatistics).
+STATISTICS_FEATURES = ("mean", "std", "delta_std", "max")
 SED_CLIP_POOLINGS = ("probability", "logit")
 
 
@@ -314,6 +316,9 @@ class ModelConfig:
             features) and fuse it into the classifier's output with this weight: the
             weighted geometric mean of the two models' probabilities
             (``tfbird.statistics_head``). 0 (default) leaves it out; 0.5 weighs both alike.
+        statistics_features: what that regression reads, per mel over time, in order: any of
+            ``mean``, ``std``, ``delta_std`` (std of the frame-to-frame differences) and
+            ``max`` (``model.LogMelStatistics``).
     """
 
     backbone: str = "resnet50"
@@ -331,6 +336,7 @@ class ModelConfig:
     task: str = "multilabel"
     clip_statistics: bool = False
     statistics_weight: float = 0.0
+    statistics_features: tuple[str, ...] = ("mean", "std")
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -351,6 +357,10 @@ class ModelConfig:
                  self.head_hidden_units)
         _require(0.0 <= self.statistics_weight < 1.0, "model.statistics_weight",
                  self.statistics_weight)
+        _require(len(self.statistics_features) >= 1
+                 and len(set(self.statistics_features)) == len(self.statistics_features)
+                 and set(self.statistics_features) <= set(STATISTICS_FEATURES),
+                 "model.statistics_features", self.statistics_features)
         if self.backbone in EMBEDDING_BACKBONES:  # A head on embeddings: no log-mel model.
             _require(self.head == "gap", "model.head", self.head)
             _require(self.statistics_weight == 0.0, "model.statistics_weight",
@@ -482,6 +492,11 @@ class TrainConfig:
             weighted by ``examples / (classes * positives of the class)`` in the training
             split (scikit-learn's "balanced"), clipped to [0.1, 10] (``multiclass``: each
             example by the weight of its target class).
+        ema_momentum: AdamW keeps an exponential moving average of the weights with this
+            momentum (Keras ``use_ema``; 0.99 averages over about the last 100 steps) and
+            the trained model gets the averaged weights; its batch-norm moving statistics
+            are then re-estimated for them over one pass of augmented training batches
+            (``training.reestimate_batch_norm``). ``None`` disables.
     """
 
     strategy: str = "default"
@@ -507,6 +522,7 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     label_smoothing: float = 0.0
     class_weighting: str = "none"
+    ema_momentum: float | None = None
 
     def validate(self) -> None:
         _require(self.strategy in STRATEGIES, "train.strategy", self.strategy)
@@ -539,6 +555,8 @@ class TrainConfig:
                  "train.freeze_backbone_epochs", self.freeze_backbone_epochs)
         _require(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing",
                  self.label_smoothing)
+        _require(self.ema_momentum is None or 0.0 < self.ema_momentum < 1.0,
+                 "train.ema_momentum", self.ema_momentum)
 
 
 @dataclasses.dataclass(frozen=True)

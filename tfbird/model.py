@@ -33,7 +33,8 @@ from pathlib import Path
 import keras
 
 from tfbird.augment import log_mel_augment
-from tfbird.config import AudioConfig, AugmentConfig, FrontendConfig, ModelConfig
+from tfbird.config import (STATISTICS_FEATURES, AudioConfig, AugmentConfig, FrontendConfig,
+                           ModelConfig)
 from tfbird.frontend import build_frontend
 
 SED_PROBABILITY_EPSILON = 1e-7
@@ -203,18 +204,40 @@ class LogMelAugmentation(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfbird")
 class LogMelStatistics(keras.layers.Layer):
-    """Log-mel ``[batch, frames, mels]`` -> ``[batch, 2 * mels]``: the per-mel mean over time,
-    then the per-mel standard deviation (population, as ``numpy.std``); the features of the
-    regression ``tfbird.statistics_head`` fuses into the classifier."""
+    """Log-mel ``[batch, frames, mels]`` -> ``[batch, len(features) * mels]``: per mel, over
+    time, each of ``features`` in order (``STATISTICS_FEATURES``): ``mean``, ``std``
+    (population, as ``numpy.std``), ``delta_std`` (the std of the frame-to-frame
+    differences, as ``numpy.diff(x, axis=1).std(1)``: how fast the band changes) and ``max``
+    (the loudest frame); the features of the regression ``tfbird.statistics_head`` fuses into
+    the classifier."""
+
+    def __init__(self, features=("mean", "std"), **kwargs):
+        super().__init__(**kwargs)
+        unknown = [name for name in features if name not in STATISTICS_FEATURES]
+        if not features or unknown:
+            raise ValueError(f"LogMelStatistics features must be some of "
+                             f"{STATISTICS_FEATURES}. Received: features={list(features)}")
+        self.features = tuple(features)
 
     def call(self, logmel):
-        mean = keras.ops.mean(logmel, axis=1)
-        centred = logmel - mean[:, None, :]
-        std = keras.ops.sqrt(keras.ops.mean(centred * centred, axis=1))
-        return keras.ops.concatenate([mean, std], axis=-1)
+        deltas = logmel[:, 1:, :] - logmel[:, :-1, :]
+        compute = {"mean": lambda: keras.ops.mean(logmel, axis=1),
+                   "std": lambda: population_std(logmel),
+                   "delta_std": lambda: population_std(deltas),
+                   "max": lambda: keras.ops.max(logmel, axis=1)}
+        return keras.ops.concatenate([compute[name]() for name in self.features], axis=-1)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], 2 * input_shape[2])
+        return (input_shape[0], len(self.features) * input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "features": list(self.features)}
+
+
+def population_std(frames):
+    """``[batch, frames, mels]`` -> ``[batch, mels]``: the std over time, as ``numpy.std``."""
+    centred = frames - keras.ops.mean(frames, axis=1, keepdims=True)
+    return keras.ops.sqrt(keras.ops.mean(centred * centred, axis=1))
 
 
 @keras.saving.register_keras_serializable(package="tfbird")

@@ -1,8 +1,10 @@
 """A logistic regression on log-mel statistics inside the classifier (``model.statistics_weight``).
 
 After the network is trained, ``add_statistics_head`` fits scikit-learn's ``StandardScaler`` +
-``LogisticRegression(C=0.1)`` on each training window's per-mel mean and standard deviation
-over time of its log-mel (dB): the features of ``tfbird cv``'s baseline. The regression goes
+``LogisticRegression(C=0.1)`` on each training window's per-mel statistics over time of its
+log-mel (dB): by default the mean and standard deviation, the features of ``tfbird cv``'s
+baseline; ``model.statistics_features`` can add the spread of the frame-to-frame
+differences and the maximum (``model.LogMelStatistics``). The regression goes
 into the classifier as fixed layers (``logmel_statistics``, ``statistics_logits``,
 ``statistics_fusion``: ``model.LogMelStatistics``, ``Dense``, ``model.StatisticsFusion``),
 and the classifier's logits become, with ``w = statistics_weight``,
@@ -96,12 +98,13 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, task: str
     return folded_kernel.astype(np.float32), folded_bias.astype(np.float32)
 
 
-def build_fused_classifier(classifier: keras.Model, weight: float, task: str) -> keras.Model:
+def build_fused_classifier(classifier: keras.Model, weight: float, task: str,
+                           feature_names: tuple[str, ...] = ("mean", "std")) -> keras.Model:
     """``classifier`` (log-mel -> logits) with the statistics layers beside it and its output
     fused (``StatisticsFusion``); the regression's kernel is zero until
     ``add_statistics_head`` sets it. Shares the network's layers and weights."""
     num_classes = classifier.output.shape[-1]
-    statistics = LogMelStatistics(name=FEATURES_LAYER)(classifier.input)
+    statistics = LogMelStatistics(feature_names, name=FEATURES_LAYER)(classifier.input)
     statistics_logits = keras.layers.Dense(num_classes, dtype="float32", trainable=False,
                                            kernel_initializer="zeros",
                                            name="statistics_logits")(statistics)
@@ -112,7 +115,7 @@ def build_fused_classifier(classifier: keras.Model, weight: float, task: str) ->
 
 def statistics_of_split(fused: keras.Model, records_dir, manifest: dict, split: str,
                         batch_size: int, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(features [windows, 2 * mels], 0/1 targets [windows, classes])`` of every window of
+    """``(features [windows, statistics * mels], 0/1 targets [windows, classes])`` of every window of
     a split, computed by the fused classifier's own ``logmel_statistics`` layer (so the fit
     reads exactly what the exported model computes), without augmentation."""
     features_model = keras.Model(fused.input, fused.get_layer(FEATURES_LAYER).output)
@@ -126,10 +129,12 @@ def statistics_of_split(fused: keras.Model, records_dir, manifest: dict, split: 
 
 
 def add_statistics_head(classifier: keras.Model, records_dir, manifest: dict, weight: float,
-                        task: str, batch_size: int = 64) -> keras.Model:
-    """The trained log-mel ``classifier`` with the regression fitted on the training split of
-    ``records_dir`` and fused into its output (the module docstring)."""
-    fused = build_fused_classifier(classifier, weight, task)
+                        task: str, batch_size: int = 64,
+                        feature_names: tuple[str, ...] = ("mean", "std")) -> keras.Model:
+    """The trained log-mel ``classifier`` with the regression on ``feature_names``
+    (``model.statistics_features``) fitted on the training split of ``records_dir`` and fused
+    into its output (the module docstring)."""
+    fused = build_fused_classifier(classifier, weight, task, feature_names)
     features, targets = statistics_of_split(fused, records_dir, manifest, "train",
                                             batch_size, task)
     kernel, bias = fit_logistic_regression(features, targets, task)

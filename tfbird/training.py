@@ -89,7 +89,8 @@ def build_optimizer(train_cfg: config.TrainConfig, steps_per_epoch: int,
                     epochs: int | None = None) -> keras.optimizers.Optimizer:
     """AdamW with linear warmup then cosine decay over ``epochs`` (default
     ``train_cfg.epochs``); no weight decay on biases and norms; each gradient clipped to
-    ``train_cfg.clipnorm`` when set.
+    ``train_cfg.clipnorm`` when set; with ``train_cfg.ema_momentum``, a moving average of
+    the weights that ``fit`` swaps in when it ends.
 
     Raises:
         ValueError: ``clipnorm`` under a strategy with several replicas. Keras 3 (TensorFlow
@@ -112,7 +113,9 @@ def build_optimizer(train_cfg: config.TrainConfig, steps_per_epoch: int,
         warmup_steps=warmup_steps, alpha=0.01)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule,
                                        weight_decay=train_cfg.weight_decay,
-                                       clipnorm=train_cfg.clipnorm)
+                                       clipnorm=train_cfg.clipnorm,
+                                       use_ema=train_cfg.ema_momentum is not None,
+                                       ema_momentum=train_cfg.ema_momentum or 0.99)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 
@@ -524,6 +527,11 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
                       validation_data=valid_data, steps_per_epoch=steps_per_epoch,
                       shuffle=False,  # The input pipeline shuffles files and examples itself.
                       verbose=1 if progress else 2)
+    if cfg.train.ema_momentum is not None:
+        # fit ended by swapping in the averaged weights; the moving statistics are the raw ones'.
+        reestimate_batch_norm(model, dataset.make_dataset(
+            records_dir, manifest, "train", cfg.train.global_batch_size,
+            dataclasses.replace(read, data_service=None)), steps_per_epoch)
 
     if not chief:
         remove_backup(backup_dir)
@@ -548,6 +556,33 @@ def train(cfg: config.Config, records_dir: str | Path, run_dir: str | Path | Non
     return run_dir, scores
 
 
+def reestimate_batch_norm(model: keras.Model, batches: tf.data.Dataset, steps: int) -> int:
+    """Sets every trainable ``BatchNormalization``'s moving mean and variance of ``model`` to
+    the average of its batch statistics over the first ``steps`` batches of ``batches``
+    (``(inputs, targets, ...)``, as in training), the weights unchanged: the statistics of
+    averaged weights (``train.ema_momentum``; Izmailov et al., 2018, SWA's ``bn_update``).
+
+    Returns:
+        The number of batches read.
+    """
+    norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    momenta = [norm.momentum for norm in norms]
+    read = 0
+    try:
+        for batch in batches.take(steps):
+            for norm in norms:  # moving = m * moving + (1 - m) * batch: a running average.
+                norm.momentum = read / (read + 1)
+            model(batch[0], training=True)
+            read += 1
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+    log.info("Re-estimated the moving statistics of %d batch norms over %d batches",
+             len(norms), read)
+    return read
+
+
 def with_statistics_head(model: keras.Model, cfg: config.Config, records_dir: str | Path,
                          manifest: dict) -> keras.Model:
     """``model`` with ``model.statistics_weight``'s regression fitted on the training records
@@ -557,7 +592,8 @@ def with_statistics_head(model: keras.Model, cfg: config.Config, records_dir: st
              "(model.statistics_weight=%s)", cfg.model.statistics_weight)
     fused = statistics_head.add_statistics_head(
         logmel_classifier(model), records_dir, manifest, cfg.model.statistics_weight,
-        cfg.model.task, batch_size=cfg.train.global_batch_size)
+        cfg.model.task, batch_size=cfg.train.global_batch_size,
+        feature_names=cfg.model.statistics_features)
     if len(model.input_shape) == 2:  # [batch, samples]: the front end is in the model.
         return build_waveform_classifier(fused, cfg.audio, cfg.frontend)
     return fused
