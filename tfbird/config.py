@@ -253,6 +253,8 @@ MODEL_BACKBONES = (*IMAGE_BACKBONES, *EMBEDDING_BACKBONES)
 MODEL_TASKS = ("multilabel", "multiclass")
 # Per-mel statistics over time that model.statistics_features can name (model.LogMelStatistics).
 STATISTICS_FEATURES = ("mean", "std", "delta_std", "max")
+# The default: the features of tfbird cv's baseline regression.
+DEFAULT_STATISTICS_FEATURES = ("mean", "std")
 SED_CLIP_POOLINGS = ("probability", "logit")
 
 
@@ -336,7 +338,7 @@ class ModelConfig:
     task: str = "multilabel"
     clip_statistics: bool = False
     statistics_weight: float = 0.0
-    statistics_features: tuple[str, ...] = ("mean", "std")
+    statistics_features: tuple[str, ...] = DEFAULT_STATISTICS_FEATURES
 
     def validate(self) -> None:
         if self.image_size is not None:

@@ -420,8 +420,8 @@ def write_shard(cfg: config.Config, shard: ShardPlan, labels: list[str], out_dir
                 fingerprint: str) -> str:
     """One Dask task of ``write_shards_on_dask``: writes ``shard`` and its sidecar on a
     worker (``write_shards``, no progress bar). Returns the shard's name."""
-    # A Dask worker is one process with its share of the cores: it decodes in itself (and a
-    # daemonic worker process may not start processes of its own).
+    # A Dask worker is one process with its share of the cores, beside the cluster's other
+    # workers: it decodes in itself rather than start a decode worker per core of its own.
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, decode_workers=0))
     write_shards(cfg, [shard], labels, out_dir, fingerprint, progress=False)
     return shard.name

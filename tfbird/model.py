@@ -33,8 +33,8 @@ from pathlib import Path
 import keras
 
 from tfbird.augment import log_mel_augment
-from tfbird.config import (STATISTICS_FEATURES, AudioConfig, AugmentConfig, FrontendConfig,
-                           ModelConfig)
+from tfbird.config import (DEFAULT_STATISTICS_FEATURES, STATISTICS_FEATURES, AudioConfig,
+                           AugmentConfig, FrontendConfig, ModelConfig)
 from tfbird.frontend import build_frontend
 
 SED_PROBABILITY_EPSILON = 1e-7
@@ -211,7 +211,7 @@ class LogMelStatistics(keras.layers.Layer):
     (the loudest frame); the features of the regression ``tfbird.statistics_head`` fuses into
     the classifier."""
 
-    def __init__(self, features=("mean", "std"), **kwargs):
+    def __init__(self, features=DEFAULT_STATISTICS_FEATURES, **kwargs):
         super().__init__(**kwargs)
         unknown = [name for name in features if name not in STATISTICS_FEATURES]
         if not features or unknown:

@@ -37,6 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from tfbird import dataset
+from tfbird.config import DEFAULT_STATISTICS_FEATURES
 from tfbird.model import LogMelStatistics, StatisticsFusion
 
 REGRESSION_C = 0.1  # As tfbird cv's baseline (cv.BASELINE_C): its measured regularisation.
@@ -99,7 +100,7 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, task: str
 
 
 def build_fused_classifier(classifier: keras.Model, weight: float, task: str,
-                           feature_names: tuple[str, ...] = ("mean", "std")) -> keras.Model:
+                           feature_names: tuple[str, ...] = DEFAULT_STATISTICS_FEATURES) -> keras.Model:
     """``classifier`` (log-mel -> logits) with the statistics layers beside it and its output
     fused (``StatisticsFusion``); the regression's kernel is zero until
     ``add_statistics_head`` sets it. Shares the network's layers and weights."""
@@ -130,7 +131,7 @@ def statistics_of_split(fused: keras.Model, records_dir, manifest: dict, split: 
 
 def add_statistics_head(classifier: keras.Model, records_dir, manifest: dict, weight: float,
                         task: str, batch_size: int = 64,
-                        feature_names: tuple[str, ...] = ("mean", "std")) -> keras.Model:
+                        feature_names: tuple[str, ...] = DEFAULT_STATISTICS_FEATURES) -> keras.Model:
     """The trained log-mel ``classifier`` with the regression on ``feature_names``
     (``model.statistics_features``) fitted on the training split of ``records_dir`` and fused
     into its output (the module docstring)."""
